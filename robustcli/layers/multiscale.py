@@ -1,0 +1,75 @@
+"""Multi-scale push-pull (MSPP, paper A eqs. 3-5).
+
+One push kernel ``K``; pull kernels at S scales ``h_s`` (``-up_{h_s}(K)``). With the push
+response ``U_p = X*K`` and the pull responses ``U_q^s``::
+
+    V_s      = U_p - alpha * U_q^s                      (eq. 4, unrectified)
+    U_concat = [U_p, V_1, ..., V_S]                     ((S+1)*C channels)
+    U_final  = Conv1x1(attention(U_concat))             (eq. 5, back to C channels)
+
+The paper does not give the scales. Our default is ``scales=(2, 3)`` (7x7 and 9x9 pull kernels
+for a 3x3 push kernel): h=2 is the original push-pull scale and h=3 the next odd size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from robustcli.layers.attention import make_attention
+from robustcli.layers.pushpull import PullResponse
+
+DEFAULT_SCALES: tuple[float, ...] = (2.0, 3.0)
+
+
+class MultiScalePushPull(nn.Module):
+    """Push response, S push-pull responses, channel attention on the concat, 1x1 fusion."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+        bias: bool = False,
+        scales: Sequence[float] = DEFAULT_SCALES,
+        alpha: float = 1.0,
+        trainable_alpha: bool = False,
+        attention: str = "se",
+        reduction: int = 4,
+        fusion_bias: bool = False,
+        pull_impl: str = "dense",
+    ) -> None:
+        super().__init__()
+        if not scales:
+            raise ValueError("MultiScalePushPull needs at least one pull scale")
+        self.scales = tuple(float(s) for s in scales)
+        self.kernel_size = kernel_size
+        padding = kernel_size // 2 if padding is None else padding
+        self.push = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
+        if trainable_alpha:
+            self.alpha = nn.Parameter(torch.full((1, out_channels, 1, 1), float(alpha)))
+        else:
+            self.register_buffer("alpha", torch.tensor(float(alpha)), persistent=False)
+        self.pulls = nn.ModuleList(
+            PullResponse(in_channels, kernel_size, s, stride, padding, pull_impl)
+            for s in self.scales
+        )
+        concat = out_channels * (len(self.scales) + 1)
+        self.attention = make_attention(attention, concat, reduction)
+        self.fuse = nn.Conv2d(concat, out_channels, 1, bias=fusion_bias)
+
+    def effective_alpha(self) -> torch.Tensor:
+        return self.alpha.clamp(min=0) if isinstance(self.alpha, nn.Parameter) else self.alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        push = self.push(x)
+        alpha = self.effective_alpha()
+        parts = [push] + [push - alpha * pull(x, self.push.weight) for pull in self.pulls]
+        u = torch.cat(parts, dim=1)
+        if self.attention is not None:
+            u = self.attention(u)
+        return self.fuse(u)

@@ -1,0 +1,219 @@
+"""Push-pull convolution (Strisciuglio et al. 2020) and its unrectified form (paper A, eq. 1).
+
+The pull kernel is the push kernel resized with bilinear interpolation (align_corners=True) to an
+odd size ``s >= floor(k*h)`` and negated. Bilinear resizing is separable: ``up(K) = A K A^T`` with
+``A`` a fixed ``s x k`` matrix. So the pull response ``X * up(K)`` equals the push weights applied
+(as a 1x1 convolution over ``9*C`` channels) to ``X`` pre-filtered by the ``k*k`` fixed separable
+filters ``A[:, a] A[:, b]^T``. That costs about one extra 3x3 convolution plus a cheap depthwise
+pre-filter instead of a dense ``s x s`` convolution (5.4x the multiply-adds at k=3, h=2).
+``pull_response_direct`` keeps the literal definition for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RECTIFIERS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "none": None,
+}
+
+
+def pull_kernel_size(kernel_size: int, scale: float) -> int:
+    """Size of the pull kernel: floor(k*h), plus one if even (k=3, h=2 -> 7)."""
+    size = int(math.floor(kernel_size * scale))
+    return size + 1 if size % 2 == 0 else size
+
+
+def bilinear_matrix(src: int, dst: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The ``dst x src`` matrix of 1-D linear interpolation with align_corners=True."""
+    if src == 1:
+        return torch.ones(dst, 1, dtype=dtype)
+    pos = torch.arange(dst, dtype=dtype) * (src - 1) / max(dst - 1, 1)
+    lo = pos.floor().clamp(max=src - 2).long()
+    frac = pos - lo.to(dtype)
+    mat = torch.zeros(dst, src, dtype=dtype)
+    rows = torch.arange(dst)
+    mat[rows, lo] += 1 - frac
+    mat[rows, lo + 1] += frac
+    return mat
+
+
+def pull_kernel(weight: torch.Tensor, scale: float) -> torch.Tensor:
+    """The pull kernel by its definition: negated bilinear (align_corners=True) upsampling."""
+    size = pull_kernel_size(weight.shape[-1], scale)
+    return -F.interpolate(weight, size=(size, size), mode="bilinear", align_corners=True)
+
+
+class PullPrefilter(nn.Module):
+    """Depthwise separable pre-filter: maps C channels to C*k*k channels, one per (c, a, b).
+
+    Output channel ``c*k*k + a*k + b`` is ``X_c`` filtered by ``A[:, a] A[:, b]^T`` (the bilinear
+    basis of the pull kernel), so ``conv1x1(prefilter(X), K.view(O, C*k*k))`` equals
+    ``X * up(K)``.
+    """
+
+    def __init__(
+        self, channels: int, kernel_size: int, scale: float, stride: int, padding: int
+    ) -> None:
+        super().__init__()
+        self.channels, self.k = channels, kernel_size
+        self.size = pull_kernel_size(kernel_size, scale)
+        self.stride = stride
+        self.padding = self.size // 2 - kernel_size // 2 + padding
+        basis = bilinear_matrix(kernel_size, self.size).to(torch.float32)  # (s, k)
+        # vertical pass: C -> C*k channels, filter A[:, a] as a column
+        vert = basis.t().reshape(kernel_size, 1, self.size, 1).repeat(channels, 1, 1, 1)
+        # horizontal pass: C*k -> C*k*k channels, filter A[:, b] as a row
+        horiz = (
+            basis.t().reshape(kernel_size, 1, 1, self.size).repeat(channels * kernel_size, 1, 1, 1)
+        )
+        self.register_buffer("vert", vert, persistent=False)
+        self.register_buffer("horiz", horiz, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, k, p, s = self.channels, self.k, self.padding, self.stride
+        y = F.conv2d(x, self.vert.to(x.dtype), stride=(s, 1), padding=(p, 0), groups=c)
+        return F.conv2d(y, self.horiz.to(x.dtype), stride=(1, s), padding=(0, p), groups=c * k)
+
+
+def pull_response_direct(
+    x: torch.Tensor, weight: torch.Tensor, scale: float, stride: int, padding: int
+) -> torch.Tensor:
+    """``X * (-up(K))`` by the literal definition (a dense s x s convolution)."""
+    kernel = pull_kernel(weight, scale)
+    pad = kernel.shape[-1] // 2 - weight.shape[-1] // 2 + padding
+    return F.conv2d(x, kernel, stride=stride, padding=pad)
+
+
+class PullResponse(nn.Module):
+    """Computes ``U_q = X * (-up_h(K))`` for push weights ``K`` given at call time.
+
+    ``impl="dense"`` convolves with the resized kernel (the definition); ``impl="separable"``
+    uses the bilinear factorisation (``PullPrefilter`` then a 1x1 convolution with ``K``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        kernel_size: int,
+        scale: float,
+        stride: int,
+        padding: int,
+        impl: str = "dense",
+    ) -> None:
+        super().__init__()
+        if impl not in ("dense", "separable"):
+            raise ValueError(f"pull_impl must be 'dense' or 'separable', got {impl!r}")
+        self.scale, self.stride, self.padding, self.impl = scale, stride, padding, impl
+        self.size = pull_kernel_size(kernel_size, scale)
+        self.prefilter = (
+            PullPrefilter(in_channels, kernel_size, scale, stride, padding)
+            if impl == "separable"
+            else None
+        )
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.prefilter is None:
+            return pull_response_direct(x, weight, self.scale, self.stride, self.padding)
+        z = self.prefilter(x)
+        return -F.conv2d(z, weight.reshape(weight.shape[0], -1, 1, 1))
+
+
+class PushPullConv2d(nn.Module):
+    """Push-pull convolution: ``rect(X*K) - alpha * rect(X*(-up_h(K)))``.
+
+    Args:
+        rectify: "relu" (Strisciuglio 2020), "gelu", or "none" (paper A's unrectified push-pull,
+            which is linear: ``X*K + alpha*X*up(K)``).
+        alpha: inhibition strength; ``trainable_alpha`` makes it a per-channel parameter that is
+            clamped at 0 in the forward pass.
+        scale: pull kernel scale ``h`` (2 gives a 7x7 pull kernel for a 3x3 push kernel).
+        attention: an optional module applied to the push response before subtracting the pull
+            (paper A, eq. 2: ``U = attn(U_p) - alpha*U_q``).
+        pull_impl: "dense" computes the pull with one s x s convolution of the resized kernel
+            (the definition; fastest on CPU in eager PyTorch, see benchmarks/bench_pushpull.py);
+            "separable" uses the bilinear factorisation (a fixed depthwise pre-filter and a 1x1
+            convolution with the push weights). Both are tested equal to the definition.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+        bias: bool = False,
+        rectify: str = "relu",
+        alpha: float = 1.0,
+        trainable_alpha: bool = False,
+        scale: float = 2.0,
+        attention: nn.Module | None = None,
+        pull_impl: str = "dense",
+    ) -> None:
+        super().__init__()
+        if rectify not in RECTIFIERS:
+            raise ValueError(f"rectify must be one of {sorted(RECTIFIERS)}, got {rectify!r}")
+        if kernel_size < 2:
+            raise ValueError("push-pull needs a spatial kernel (kernel_size >= 2)")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = kernel_size, stride
+        self.padding = kernel_size // 2 if padding is None else padding
+        self.rectify, self.scale, self.pull_impl = rectify, scale, pull_impl
+        self.push = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, self.padding, bias=bias
+        )
+        if trainable_alpha:
+            self.alpha = nn.Parameter(torch.full((1, out_channels, 1, 1), float(alpha)))
+        else:
+            self.register_buffer("alpha", torch.tensor(float(alpha)), persistent=False)
+        self.attention = attention
+        self.pull = PullResponse(in_channels, kernel_size, scale, stride, self.padding, pull_impl)
+        self.pull_size = self.pull.size
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.push.weight
+
+    def effective_alpha(self) -> torch.Tensor:
+        return self.alpha.clamp(min=0) if isinstance(self.alpha, nn.Parameter) else self.alpha
+
+    def pull_response(self, x: torch.Tensor) -> torch.Tensor:
+        """``U_q = X * (-up(K))`` (no bias, no rectification)."""
+        return self.pull(x, self.push.weight)
+
+    def folded_kernel(self) -> torch.Tensor:
+        """The single kernel ``pad(K) + alpha*up(K)`` that equals the unrectified layer."""
+        w = self.push.weight
+        pad = (self.pull_size - self.kernel_size) // 2
+        return F.pad(w, (pad,) * 4) - self.effective_alpha().reshape(-1, 1, 1, 1) * pull_kernel(
+            w, self.scale
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rectify == "none" and self.attention is None and self.pull_impl == "dense":
+            # Linear push-pull is one convolution with a tied kernel: compute it as such.
+            pad = self.pull_size // 2 - self.kernel_size // 2 + self.padding
+            return F.conv2d(x, self.folded_kernel(), self.push.bias, self.stride, pad)
+        push = self.push(x)
+        pull = self.pull_response(x)
+        rect = RECTIFIERS[self.rectify]
+        if rect is not None:
+            push, pull = rect(push), rect(pull)
+        if self.attention is not None:
+            push = self.attention(push)
+        return push - self.effective_alpha() * pull
+
+    def extra_repr(self) -> str:
+        return (
+            f"rectify={self.rectify}, scale={self.scale}, "
+            f"pull={self.pull_size}x{self.pull_size} ({self.pull_impl}), "
+            f"alpha={'trainable' if isinstance(self.alpha, nn.Parameter) else float(self.alpha)}"
+        )
