@@ -211,7 +211,9 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
 def build_from_config(backbone: str, config: Mapping[str, Any]) -> nn.Module:
     """Build a backbone from a full config (as stored in checkpoints)."""
     if backbone not in BACKBONES:
-        raise RobustError(f"unknown backbone {backbone!r}: this robustcli knows {sorted(BACKBONES)}")
+        raise RobustError(
+            f"unknown backbone {backbone!r}: this robustcli knows {sorted(BACKBONES)}"
+        )
     try:
         return BACKBONES[backbone](**config)
     except (TypeError, ValueError) as exc:

@@ -16,6 +16,23 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from robustcli import __version__
+
+        typer.echo(f"robustcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Robustness of push-pull and top-down CNNs: train, eval-c, attack, compare."""
+
+
 def _register() -> None:
     # Each subcommand lives in its own module and registers itself on `app`.
     from robustcli.cli import models  # noqa: F401
