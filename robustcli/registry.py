@@ -24,6 +24,7 @@ from robustcli.errors import ModelNotFoundError, RobustError
 from robustcli.models.densenet import DenseNetBC
 from robustcli.models.factory import activation_factory, conv_factory
 from robustcli.models.resnet_cifar import CifarResNet
+from robustcli.models.topdown_nets import build_paper_b_net
 
 Builder = Callable[..., nn.Module]
 BACKBONES: dict[str, Builder] = {}
@@ -64,6 +65,30 @@ def _densenet40(
         conv=conv_factory(pp),
         act=activation_factory(activation),
     )
+
+
+def _paper_b(backbone: str) -> Builder:
+    def build(
+        arrangement: str = "bu",
+        num_classes: int = 10,
+        in_channels: int = 1,
+        activation: str = "relu",
+        pyramid_method: str = "gaussian",
+    ) -> nn.Module:
+        return build_paper_b_net(
+            backbone,
+            arrangement,
+            in_channels,
+            num_classes,
+            activation,
+            pyramid_method=pyramid_method,
+        )
+
+    return build
+
+
+for _name in ("lenetfc", "nin_light", "nin", "resnet32"):
+    register_backbone(_name)(_paper_b(_name))
 
 
 @dataclass(frozen=True)
