@@ -108,9 +108,12 @@ def conv_factory(pp: Mapping[str, Any] | None) -> ConvFactory:
     return factory
 
 
+#: Network activations by name (shared by every backbone).
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": lambda: nn.ReLU(inplace=True),
+    "relu": nn.ReLU,
     "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "elu": nn.ELU,
 }
 
 

@@ -66,16 +66,11 @@ from robustcli.layers.topdown import (
     NormFactory,
     upsample_nearest2x,
 )
+from robustcli.models.factory import ACTIVATIONS
 
 BACKBONES = ("lenetfc", "nin_light", "nin", "resnet32")
 ARRANGEMENTS = ("bu", "td", "td_uni", "td_rev")
 
-ACTIVATIONS: dict[str, ActFactory] = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "elu": nn.ELU,
-}
 
 # Exact trainable-parameter counts for 10 classes at the paper's input channels (MNIST: 1,
 # CIFAR-10: 3). Paper B, Table 1 gives all BU and TD counts and ResNet32's TD_uni / TD_rev
