@@ -1,0 +1,222 @@
+"""Training throughput: our loop against a reference torchvision Dataset + DataLoader loop.
+
+Same model, same images, same batch size, same optimiser, measured in one process, with the
+variants interleaved round by round so that a change in machine load hits all of them alike.
+
+- ``reference``: how the Strisciuglio code trains: a torchvision-style Dataset that turns each
+  HWC uint8 image into a PIL image (as ``torchvision.datasets.CIFAR10.__getitem__`` does),
+  ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip`` + ``ToTensor`` + ``Normalize``, a
+  ``DataLoader`` (shuffle, ``--workers`` worker processes), fp32 NCHW model.
+- ``ours``: ``robustcli.train``'s loop: uint8 images on the device, crop + flip + normalise in
+  one batched gather (``DeviceBatches``), channels_last, bf16 autocast where the CPU has native
+  bf16 (``--precision auto``; fp32 elsewhere).
+- ablations: ``ours-fp32-nchw`` (only the data path changed) and ``ours-fp32-cl`` (+ NHWC).
+
+Usage::
+
+    python benchmarks/bench_train.py --data-dir /tmp/cifar          # CIFAR-10 (JPEG mirror)
+    python benchmarks/bench_train.py                                 # embedded digits at 32x32
+    python benchmarks/bench_train.py --steps 20 --rounds 3 --json out.json
+
+Images/s counts training images through forward, backward and the SGD step, data loading
+included; warm-up steps (oneDNN primitive creation, DataLoader start) are excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from robustcli import runtime
+from robustcli.data import DeviceBatches, adapt_images, dataset_info, input_adapter, load_dataset
+from robustcli.registry import create_model, get_model_spec
+
+
+def load_images(
+    data_dir: str | None, model: str
+) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple, str]:
+    spec = get_model_spec(model)
+    if data_dir:
+        x, y = load_dataset("cifar10", "train", data_dir)
+        info, label = dataset_info("cifar10"), f"cifar10 from {data_dir}"
+    else:
+        x, y = load_dataset("digits", "train")
+        info, label = dataset_info("digits"), "digits (8x8 -> 3x32x32)"
+    adapter = input_adapter(info.input_shape, spec.input_shape)
+    mean, std = adapter.normalization(info.mean, info.std)
+    return adapt_images(x, adapter), y, mean, std, label
+
+
+def reference_steps(model_name, x, y, mean, std, batch_size, workers, seed):
+    """The torchvision Dataset + DataLoader + transforms loop (fp32, NCHW)."""
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms
+
+    class CifarLike(Dataset):
+        """Holds HWC uint8 numpy images and returns PIL-transformed tensors, as CIFAR10 does."""
+
+        def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
+            self.data = images.permute(0, 2, 3, 1).contiguous().numpy()
+            self.targets = labels.tolist()
+            self.transform = transform
+
+        def __len__(self) -> int:
+            return len(self.data)
+
+        def __getitem__(self, i):
+            img = Image.fromarray(
+                self.data[i].squeeze(-1) if self.data.shape[-1] == 1 else self.data[i]
+            )
+            return self.transform(img), self.targets[i]
+
+    tf = transforms.Compose(
+        [
+            transforms.RandomCrop(x.shape[-1], padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+    loader = DataLoader(
+        CifarLike(x, y, tf),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    torch.manual_seed(seed)
+    model = create_model(model_name).train()
+    opt = torch.optim.SGD(
+        model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4
+    )
+
+    def batches():
+        while True:
+            yield from loader
+
+    for xb, yb in batches():
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        yield xb.shape[0]
+
+
+def our_steps(model_name, x, y, mean, std, batch_size, precision, channels_last, seed):
+    """robustcli.train's step: device-resident uint8, batched crop+flip, optional NHWC / bf16."""
+    dev = torch.device("cpu")
+    prec = runtime.resolve_precision(precision, dev)
+    gen = runtime.data_generator(seed, dev)
+    batches = DeviceBatches(
+        x,
+        y,
+        mean=mean,
+        std=std,
+        batch_size=batch_size,
+        augment="crop+flip",
+        padding=4,
+        generator=gen,
+        channels_last=channels_last,
+        drop_last=True,
+    )
+    torch.manual_seed(seed)
+    model, _ = runtime.prepare_model(
+        create_model(model_name).train(), dev, channels_last=channels_last
+    )
+    opt = torch.optim.SGD(
+        model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4
+    )
+    while True:
+        for xb, yb, _ in batches:
+            with runtime.autocast(dev, prec):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            yield xb.shape[0]
+
+
+def timed(gen, steps: int) -> float:
+    t0 = time.perf_counter()
+    n = sum(itertools.islice(gen, steps))
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=os.environ.get("ROBUSTCLI_CIFAR_DIR"))
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per variant and round")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers (reference)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="write the numbers to this file")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    x, y, mean, std, label = load_images(args.data_dir, args.model)
+    common = (args.model, x, y, mean, std, args.batch_size)
+    prec = runtime.resolve_precision("auto", torch.device("cpu"))
+    variants = {
+        "reference": reference_steps(*common, args.workers, args.seed),
+        "ours": our_steps(*common, "auto", True, args.seed),
+        "ours-fp32-nchw": our_steps(*common, "fp32", False, args.seed),
+        "ours-fp32-cl": our_steps(*common, "fp32", True, args.seed),
+    }
+    print(
+        f"{args.model}, {label}, {len(x)} images, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads, reference workers {args.workers}, "
+        f"'ours' precision {prec}; {args.rounds} rounds x {args.steps} steps",
+        flush=True,
+    )
+    for gen in variants.values():  # warm-up
+        for _ in itertools.islice(gen, args.warmup):
+            pass
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(args.rounds):
+        for name, gen in variants.items():
+            rates[name].append(timed(gen, args.steps))
+        print(
+            f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()), flush=True
+        )
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    ref = med["reference"]
+    print(f"\n{'variant':16s} {'images/s':>9s} {'vs reference':>13s}")
+    for name, v in med.items():
+        print(f"{name:16s} {v:9.0f} {v / ref:12.2f}x")
+    if args.json:
+        payload = {
+            "model": args.model,
+            "data": label,
+            "batch_size": args.batch_size,
+            "threads": torch.get_num_threads(),
+            "workers": args.workers,
+            "precision_ours": prec,
+            "rounds": rates,
+            "median_images_per_s": med,
+            "speedup": med["ours"] / ref,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+        }
+        with open(args.json, "w") as fh:
+            json.dump(payload, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Datasets, the input adapter and on-device batches (robustcli.data)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robustcli import data
+from robustcli.data import (
+    DeviceBatches,
+    adapt_images,
+    dataset_info,
+    input_adapter,
+    load_dataset,
+    normalize,
+)
+from robustcli.errors import DataError
+from robustcli.runtime import DistInfo
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTCLI_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_digits_are_real_split_and_deterministic():
+    xtr, ytr = load_dataset("digits", "train")
+    xte, yte = load_dataset("digits", "test")
+    assert xtr.dtype == torch.uint8 and ytr.dtype == torch.int64
+    assert xtr.shape == (1433, 1, 8, 8) and xte.shape == (364, 1, 8, 8)
+    assert int(xtr.max()) == 255 and int(xtr.min()) == 0
+    # balanced test split: 35..37 images of each digit
+    counts = torch.bincount(yte, minlength=10)
+    assert int(counts.min()) >= 35 and int(counts.max()) <= 37
+    # the same images every call, and no image in both splits
+    assert torch.equal(load_dataset("digits", "train")[0], xtr)
+    assert len(xtr) + len(xte) == 1797  # all of scikit-learn's digits
+    # zoo statistics are those of the train split
+    info = dataset_info("digits")
+    v = xtr.double() / 255
+    assert info.mean[0] == pytest.approx(float(v.mean()), abs=1e-4)
+    assert info.std[0] == pytest.approx(float(v.std()), abs=1e-4)
+
+
+def test_unknown_split_and_dataset_and_missing_dir(tmp_path):
+    with pytest.raises(DataError, match="split"):
+        load_dataset("digits", "valid")
+    with pytest.raises(DataError, match="unknown dataset 'cifar100'"):
+        load_dataset("cifar100", "train")
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("cifar10", "train", tmp_path / "nope")
+
+
+def test_missing_cifar_says_how_to_get_it(tmp_path, monkeypatch):
+    class Offline:  # torchvision's behaviour without files and without network
+        def __init__(self, root, train=True, download=False):
+            if download:
+                raise OSError("network unreachable")
+            raise RuntimeError("Dataset not found or corrupted.")
+
+    datasets = types.ModuleType("torchvision.datasets")
+    datasets.CIFAR10 = Offline
+    tv = types.ModuleType("torchvision")
+    tv.datasets = datasets
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", datasets)
+    with pytest.raises(DataError) as err:
+        load_dataset("cifar10", "train", tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "cifar-10-python.tar.gz" in msg and "--data-dir" in msg and "digits" in msg
+
+
+def _write_tree(root: Path, n_per_class: int = 6) -> dict[str, torch.Tensor]:
+    """An ImageFolder tree of real digit images (PNG is lossless)."""
+    from PIL import Image
+
+    x, y = load_dataset("digits", "train")
+    written = {}
+    for split, offset in (("train", 0), ("test", 100)):
+        imgs, labels = [], []
+        for label, cls in enumerate(("one", "three", "zero")):
+            digit = (1, 3, 0)[label]
+            idx = torch.nonzero(y == digit).flatten()[offset : offset + n_per_class]
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for k, i in enumerate(idx.tolist()):
+                rgb = x[i, 0].numpy()[:, :, None].repeat(3, axis=2)
+                Image.fromarray(rgb).save(folder / f"{k:03d}.png")
+                imgs.append(torch.from_numpy(rgb).permute(2, 0, 1))
+                labels.append(label)
+        written[split] = torch.stack(imgs)
+        written[split + "_labels"] = torch.tensor(labels)
+    return written
+
+
+def test_imagefolder_decoded_once_into_cache(tmp_path, cache, monkeypatch):
+    truth = _write_tree(tmp_path / "tree")
+    x, y = load_dataset("imagefolder", "train", tmp_path / "tree")
+    assert x.dtype == torch.uint8 and x.shape == (18, 3, 8, 8)
+    assert torch.equal(x, truth["train"]) and torch.equal(y, truth["train_labels"])
+    assert len(list((cache / "imagefolder").glob("*.safetensors"))) == 1
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("decoded again instead of reading the cache")
+
+    monkeypatch.setattr(data, "_decode", no_decode)
+    x2, y2 = load_dataset("imagefolder", "train", tmp_path / "tree")
+    assert torch.equal(x2, x) and torch.equal(y2, y)
+
+    info = dataset_info("imagefolder", tmp_path / "tree")
+    assert info.classes == ("one", "three", "zero") and info.input_shape == (3, 8, 8)
+    assert info.mean[0] == pytest.approx(float(x.double().mean() / 255), abs=1e-4)
+
+
+def test_imagefolder_for_a_named_dataset_checks_class_count(tmp_path, cache):
+    _write_tree(tmp_path / "tree")
+    with pytest.raises(DataError, match="3 class folders but cifar10 has 10"):
+        load_dataset("cifar10", "test", tmp_path / "tree")
+
+
+def test_adapter_digits_to_resnet_input():
+    x, _ = load_dataset("digits", "test")
+    adapter = input_adapter((1, 8, 8), (3, 32, 32))
+    assert (adapter.channels, adapter.resize) == ("replicate", "bilinear")
+    assert "8x8 -> 32x32" in adapter.describe()
+    out = adapt_images(x[:5], adapter)
+    assert out.dtype == torch.uint8 and out.shape == (5, 3, 32, 32)
+    assert torch.equal(out[:, 0], out[:, 2])
+    ref = F.interpolate(x[:5].float(), size=(32, 32), mode="bilinear", align_corners=False)
+    assert torch.equal(out[:, :1], ref.round().clamp(0, 255).to(torch.uint8))
+    # float inputs in [0, 1] follow the same path without rounding
+    f = adapt_images(x[:5].float() / 255, adapter)
+    assert f.dtype == torch.float32 and (f * 255 - out.float()).abs().max() <= 0.5 + 1e-4
+    # round trip through the checkpoint's dict form
+    assert data.InputAdapter.from_dict(adapter.to_dict()) == adapter
+    mean, std = adapter.normalization((0.3,), (0.4,))
+    assert mean == (0.3, 0.3, 0.3) and std == (0.4, 0.4, 0.4)
+
+
+def test_adapter_identity_luma_and_refusal():
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    same = input_adapter((3, 32, 32), (3, 32, 32))
+    assert same.identity and adapt_images(x, same) is x
+    luma = input_adapter((3, 32, 32), (1, 28, 28))
+    assert luma.channels == "luma" and adapt_images(x, luma).shape == (2, 1, 28, 28)
+    with pytest.raises(DataError, match="cannot feed 3-channel"):
+        input_adapter((3, 32, 32), (4, 32, 32))
+    with pytest.raises(DataError, match="adapter expects"):
+        adapt_images(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), luma)
+
+
+def _reference_crop_flip(images, idx, dy, dx, flip, pad):
+    out = []
+    padded = F.pad(images, (pad, pad, pad, pad))
+    for i, a, b, f in zip(idx.tolist(), dy.tolist(), dx.tolist(), flip.tolist(), strict=True):
+        crop = padded[i, :, a : a + images.shape[2], b : b + images.shape[3]]
+        out.append(crop.flip(2) if f else crop)
+    return torch.stack(out)
+
+
+def test_device_batches_crop_flip_equals_per_image_reference():
+    x, y = load_dataset("digits", "train")
+    x = adapt_images(x[:64], input_adapter((1, 8, 8), (3, 32, 32)))
+    mean, std = (0.3, 0.3, 0.3), (0.4, 0.4, 0.4)
+    batches = DeviceBatches(
+        x, y[:64], mean=mean, std=std, batch_size=16, augment="crop+flip", generator=None
+    )
+    assert batches.pad == 4
+    g = torch.Generator().manual_seed(3)
+    idx = torch.randperm(64, generator=g)[:16]
+    dy, dx = torch.randint(0, 9, (16,), generator=g), torch.randint(0, 9, (16,), generator=g)
+    flip = torch.randint(0, 2, (16,), generator=g).bool()
+    got = batches.gather(idx, dy, dx, flip)
+    ref = normalize(_reference_crop_flip(x, idx, dy, dx, flip, 4).float() / 255, mean, std)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+
+
+def test_device_batches_seeded_epochs_cover_all_images():
+    x, y = load_dataset("digits", "train")
+    x, y = x[:100], y[:100]
+
+    def epoch(seed):
+        gen = torch.Generator().manual_seed(seed)
+        b = DeviceBatches(
+            x, y, mean=(0.3,), std=(0.4,), batch_size=32, augment="none", generator=gen
+        )
+        return list(b)
+
+    a, b, c = epoch(0), epoch(0), epoch(1)
+    assert len(a) == 4  # 32 + 32 + 32 + 4 (a short last batch of >= 2 is kept)
+    assert all(torch.equal(p[0], q[0]) for p, q in zip(a, b, strict=True))
+    assert not torch.equal(a[0][1], c[0][1])
+    labels = torch.cat([batch[1] for batch in a])
+    assert torch.equal(labels.sort().values, y.sort().values)
+
+
+def test_device_batches_rank_shares_make_the_global_batch():
+    x, y = load_dataset("digits", "train")
+    x, y = x[:70], y[:70]
+    kw = dict(mean=(0.3,), std=(0.4,), batch_size=33, augment="crop")
+
+    def run(info):
+        gen = torch.Generator().manual_seed(5)
+        return list(DeviceBatches(x, y, generator=gen, info=info, **kw))
+
+    single = run(DistInfo())
+    r0, r1 = run(DistInfo(0, 2)), run(DistInfo(1, 2))
+    assert len(single) == len(r0) == len(r1) == 3
+    for s, a, b in zip(single, r0, r1, strict=True):
+        assert s[2] == a[2] == b[2]  # global batch size
+        assert torch.equal(torch.cat([a[0], b[0]]), s[0])
+        assert torch.equal(torch.cat([a[1], b[1]]), s[1])
+    assert r0[0][0].shape[0] == 17 and r1[0][0].shape[0] == 16  # uneven shares
+
+
+def test_channels_last_batches_have_nhwc_strides():
+    x, y = load_dataset("digits", "train")
+    b = DeviceBatches(
+        x[:8], y[:8], mean=(0.3,), std=(0.4,), batch_size=8, channels_last=True, generator=None
+    )
+    xb = next(iter(b))[0]
+    assert xb.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.slow
+def test_jpeg_cifar_mirror_loads():
+    root = os.environ.get("ROBUSTCLI_CIFAR_DIR")
+    if not root or not Path(root).is_dir():
+        pytest.skip("set ROBUSTCLI_CIFAR_DIR to the extracted CIFAR-10 (JPEG mirror) tree")
+    x, y = load_dataset("cifar10", "test", root)
+    assert x.shape == (10000, 3, 32, 32) and x.dtype == torch.uint8
+    assert np.array_equal(torch.bincount(y).numpy(), np.full(10, 1000))

@@ -1,0 +1,237 @@
+"""The training loop: learning, bit-exact resume, run folders, recipes, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from robustcli.checkpoint import load_checkpoint, load_training_state
+from robustcli.cli import app
+from robustcli.errors import ModelNotFoundError, OutputExistsError, RobustError
+from robustcli.train import RECIPES, get_recipe, learning_rate, milestone_epochs, train
+
+# A tiny, fast setting: ResNet-20 on 8x8 grey digits (the network is fully convolutional).
+TINY = dict(
+    dataset="digits",
+    batch_size=32,
+    train_limit=256,
+    test_limit=64,
+    model_overrides={"in_channels": 1},
+    input_shape=(1, 8, 8),
+    precision="fp32",
+    progress="none",
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Small convolutions gain nothing from a second thread, and lose a lot when the cores are
+    # shared with other work; restore the setting for the rest of the suite.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_learns_digits_well_above_chance():
+    """ResNet-20 on the embedded digits (grey replicated to 3 x 8 x 8), 3 epochs of the fast
+    recipe: test accuracy on the 364 held-out digits must be >= 80% (chance: 10%)."""
+    result = train(
+        "resnet20",
+        dataset="digits",
+        epochs=3,
+        input_shape=(3, 8, 8),
+        progress="none",
+    )
+    assert result.metrics["test_acc"] >= 0.80, result.history
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.config["input"]["channels"] == "replicate"
+    assert not result.model.training
+
+
+def _tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, precision):
+    if precision == "bf16":
+        from robustcli.runtime import cpu_has_native_bf16
+
+        if not cpu_has_native_bf16():
+            pytest.skip("this CPU has no native bf16")
+    kw = {**TINY, "precision": precision, "epochs": 3, "seed": 7}
+    full = train("resnet20", out=tmp_path / "full", **kw)
+
+    def stop_after_first(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt  # what Ctrl-C does, right after the epoch checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train("resnet20", out=tmp_path / "cut", callbacks=[stop_after_first], **kw)
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    _, state = load_training_state(tmp_path / "cut" / "last.safetensors")
+    assert state["epoch"] == 1
+
+    resumed = train("resnet20", out=tmp_path / "cut", resume=True, progress="none")
+    assert resumed.resumed_from_epoch == 1
+    a = _tensors(tmp_path / "full" / "model.safetensors")
+    b = _tensors(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+    for ra, rb in zip(full.history, resumed.history, strict=True):
+        assert ra["train_loss"] == rb["train_loss"] and ra["test_acc"] == rb["test_acc"]
+
+
+def test_run_folder_contents_and_metadata(tmp_path):
+    out = tmp_path / "run"
+    result = train("resnet20", out=out, epochs=2, seed=3, **TINY)
+    assert {p.name for p in out.iterdir()} == {
+        "model.safetensors",
+        "last.safetensors",
+        "metrics.csv",
+        "config.json",
+        "result.json",
+    }
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[-1]["test_acc"]) == pytest.approx(result.metrics["test_acc"], abs=1e-6)
+    config = json.loads((out / "config.json").read_text())
+    assert config["hyperparameters"]["recipe"] == "fast" and config["seed"] == 3
+
+    ckpt = load_checkpoint(out / "model.safetensors")
+    assert ckpt.name == "resnet20" and ckpt.dataset == "digits"
+    assert ckpt.config["in_channels"] == 1
+    assert ckpt.mean == (0.30546,) and ckpt.std == (0.37609,)
+    meta = ckpt.meta
+    assert meta["recipe"] == "fast" and meta["epochs"] == 2 and meta["seed"] == 3
+    assert meta["metrics"]["test_acc"] == pytest.approx(result.metrics["test_acc"])
+    assert meta["versions"]["torch"] == torch.__version__ and "robustcli" in meta["versions"]
+    assert "git_commit" in meta and meta["hyperparameters"]["batch_size"] == 32
+    assert meta["classes"] == [str(i) for i in range(10)]
+    # the rebuilt (NCHW) model gives the trained (channels-last) model's outputs
+    from robustcli.data import load_dataset
+
+    x = ckpt.prepare(load_dataset("digits", "test")[0][:8])
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt.model(x), result.model(x), rtol=1e-4, atol=1e-4)
+    result_json = json.loads((out / "result.json").read_text())
+    assert result_json["schema"] == "robustcli-result" and result_json["kind"] == "train"
+
+
+def test_existing_run_folder_needs_force(tmp_path):
+    out = tmp_path / "run"
+    train("resnet20", out=out, epochs=1, **TINY)
+    with pytest.raises(OutputExistsError, match="--force"):
+        train("resnet20", out=out, epochs=1, **TINY)
+    train("resnet20", out=out, epochs=1, force=True, **TINY)
+    with pytest.raises(RobustError, match="--lr 0.5 differs"):
+        train("resnet20", out=out, resume=True, lr=0.5, progress="none")
+    with pytest.raises(RobustError, match="nothing to resume"):
+        train("resnet20", out=tmp_path / "new", resume=True, progress="none")
+
+
+def test_unknown_model_and_recipe():
+    with pytest.raises(ModelNotFoundError, match="did you mean resnet20"):
+        train("resnet21", **TINY)
+    with pytest.raises(RobustError, match="unknown recipe"):
+        train("resnet20", recipe="sota", **TINY)
+
+
+def test_recipes_match_their_sources():
+    s = get_recipe("strisciuglio")
+    assert (s.batch_size, s.epochs, s.lr, s.nesterov, s.weight_decay) == (128, 160, 0.1, True, 1e-4)
+    assert milestone_epochs(s.milestones, s.epochs) == [80, 120]
+    a = get_recipe("paper-a")
+    assert (a.batch_size, a.epochs) == (2048, 120)
+    assert milestone_epochs(a.milestones, a.epochs) == [80, 120]
+    t = get_recipe("topdown", "cifar10")
+    assert milestone_epochs(t.milestones, t.epochs) == [50, 80] and t.augment == "none"
+    assert get_recipe("topdown", "mnist").epochs == 30
+    assert set(RECIPES) == {"fast", "paper-a", "strisciuglio", "topdown"}
+
+
+def test_schedules():
+    hp = {"lr": 0.1, "schedule": "step", "gamma": 0.1, "milestone_epochs": [2, 3], "warmup": 0}
+    lrs = [learning_rate(hp, s, 10, 4) for s in range(0, 40, 10)]
+    assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    one = {"lr": 0.2, "schedule": "onecycle", "warmup": 0.25}
+    curve = [learning_rate(one, s, 10, 4) for s in range(40)]
+    assert max(curve) == pytest.approx(0.2) and curve.index(max(curve)) == 9
+    assert curve[0] < 0.05 and curve[-1] < 0.01
+    cos = {"lr": 1.0, "schedule": "cosine", "warmup": 0}
+    assert learning_rate(cos, 0, 10, 1) == 1.0
+    assert learning_rate(cos, 5, 10, 1) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
+
+
+def test_cli_trains_the_embedded_default_and_refuses_reuse(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli-run"
+    args = ["train", "--model", "resnet20", "--epochs", "1", "--batch-size", "256"]
+    res = runner.invoke(app, [*args, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "epoch 1/1" in res.output  # plain log lines when stdout is not a terminal
+    assert "resize 8x8 -> 32x32" in res.output
+    assert load_checkpoint(out).input.target_shape == (3, 32, 32)
+    again = runner.invoke(app, [*args, "--out", str(out)])
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_cli_unknown_model_is_one_line():
+    res = CliRunner().invoke(app, ["train", "--model", "pp-resnet2"])
+    assert res.exit_code == 2
+    assert "did you mean" in res.output and "Traceback" not in res.output
+
+
+KILL_SCRIPT = """
+import sys, time, torch
+from robustcli.train import train
+torch.set_num_threads(1)
+kw = {kw!r}
+def slow(row):  # leaves time to be killed after the first epoch's checkpoint
+    time.sleep(30)
+train("resnet20", out=sys.argv[1], callbacks=[slow], **kw)
+"""
+
+
+def test_resume_after_kill_9_equals_uninterrupted(tmp_path):
+    """A separate process is SIGKILLed after its first epoch checkpoint; resuming here gives
+    bit-for-bit the weights of an uninterrupted run (same seed, CPU, one thread)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    kw = {**TINY, "epochs": 2, "seed": 11}
+    script = tmp_path / "victim.py"
+    script.write_text(KILL_SCRIPT.format(kw=kw))
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env)
+    try:
+        deadline = time.time() + 120
+        while not (out / "metrics.csv").exists() and time.time() < deadline:
+            assert proc.poll() is None, "training process died early"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "model.safetensors").exists()
+    resumed = train("resnet20", out=out, resume=True, progress="none")
+    assert resumed.resumed_from_epoch == 1
+    full = train("resnet20", out=tmp_path / "full", **kw)
+    a = _tensors(tmp_path / "full" / "model.safetensors")
+    b = _tensors(out / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+    assert full.history[-1]["train_loss"] == resumed.history[-1]["train_loss"]
