@@ -1,0 +1,198 @@
+"""`robust explain`: Grad-CAM heatmaps and paper B's weakly supervised localization."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+from robustcli.cli import app
+from robustcli.cli._common import console, err_console, guarded
+from robustcli.errors import RobustError
+from robustcli.render import FORMATS, render
+
+
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise RobustError(f"{option} takes comma-separated integers, e.g. 0,5,17") from None
+
+
+_METRICS = {
+    "layer": "layer",
+    "images": "images",
+    "precision": "precision (mean)",
+    "precision_std": "precision (std)",
+    "recall": "recall (mean)",
+    "recall_std": "recall (std)",
+    "pooled_precision": "pooled precision",
+    "pooled_recall": "pooled recall",
+    "empty_heatmaps": "empty heatmaps",
+    "excluded_empty_object": "no object (excluded)",
+}
+
+
+def _by_metric(df: pd.DataFrame) -> pd.DataFrame:
+    """One column per model, one row per metric: fits a terminal for two models."""
+    rows = [
+        {"metric": label, **{str(r["model"]): r[key] for _, r in df.iterrows()}}
+        for key, label in _METRICS.items()
+    ]
+    return pd.DataFrame(rows, dtype=object)
+
+
+@app.command("explain")
+@guarded
+def explain_command(
+    checkpoint: str = typer.Argument(
+        ..., help="Checkpoint from `robust train` (a model name only with --untrained)."
+    ),
+    vs: str | None = typer.Option(
+        None, "--vs", help="Second checkpoint, shown side by side (e.g. TD vs BU, paper B Fig. 8)."
+    ),
+    untrained: bool = typer.Option(
+        False, "--untrained", help="Accept registered model names, built with RANDOM weights."
+    ),
+    images: int = typer.Option(
+        8, "--images", "-n", help="Explain the first N images of the split."
+    ),
+    indices: str | None = typer.Option(
+        None, "--indices", help="Comma-separated image indices in the split (overrides --images)."
+    ),
+    layer: str | None = typer.Option(
+        None, "--layer", help="Module name for Grad-CAM (default: the model's last conv layer)."
+    ),
+    vs_layer: str | None = typer.Option(
+        None, "--vs-layer", help="Layer of the --vs model (default: --layer, else its last conv)."
+    ),
+    target: str = typer.Option(
+        "pred", "--target", help="Class to explain: pred (predicted), label, or a class index."
+    ),
+    normalize: str = typer.Option(
+        "max",
+        "--normalize",
+        help="Heatmap scaling: max (ReLU, then / max; Selvaraju) or centered (authors' code).",
+    ),
+    per_layer: bool = typer.Option(
+        True, "--per-layer/--no-per-layer", help="Grad-CAM at every conv unit (paper B Fig. 7)."
+    ),
+    layers: str | None = typer.Option(
+        None, "--layers", help="Comma-separated layers for the per-layer figure (default: all)."
+    ),
+    list_layers: bool = typer.Option(
+        False, "--list-layers", help="List the conv layers (forward order, shapes) and exit."
+    ),
+    localization: bool = typer.Option(
+        False, "--localization", help="Weakly supervised localization precision/recall (Fig. 9)."
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", help="Localization on the first N images of the split (default: all)."
+    ),
+    threshold: float = typer.Option(0.2, "--threshold", help="Heatmap threshold t (paper B: 0.2)."),
+    object_threshold: float = typer.Option(
+        0.2, "--object-threshold", help="Object mask: image pixel in [0, 1] above this."
+    ),
+    dataset: str | None = typer.Option(
+        None,
+        "--dataset",
+        "-d",
+        help="digits, mnist, fashion-mnist, cifar10, imagefolder (default: the checkpoint's; "
+        "embedded digits for --untrained).",
+    ),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Where the dataset lives."),
+    split: str = typer.Option("test", "--split", help="train or test."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output folder (default: explain-<run folder or file name>)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images per Grad-CAM pass."),
+    fmt: str = typer.Option(
+        "table", "--format", "-f", help="Localization table: table, json, csv or markdown."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result document as JSON."),
+) -> None:
+    """Grad-CAM heatmaps at the input size, saved as overlays; TD and BU side by side.
+
+    Writes overlays.png (paper B Fig. 8), layers.png (Fig. 7) and heatmaps.npz, explain.json.
+
+    --localization: paper B's Fig. 9 precision/recall table, localization.csv / .png.
+
+    Examples:
+
+      robust explain td.safetensors --vs bu.safetensors --images 8
+
+      robust explain td.safetensors --vs bu.safetensors --localization -d mnist
+
+      robust explain td-lenetfc --untrained --list-layers
+    """
+    from robustcli import explain as ex
+
+    if fmt not in FORMATS:
+        raise RobustError(f"unknown --format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if untrained and any(ref and not Path(ref).exists() for ref in (checkpoint, vs)):
+        err_console.print(
+            "[bold yellow]WARNING: --untrained: model names are built with RANDOM weights; "
+            "their heatmaps show nothing the model learned.[/]",
+            highlight=False,
+        )
+    if list_layers:
+        for ref in (checkpoint, vs):
+            if ref:
+                em = ex.load_explain_model(ref, untrained=untrained)
+                df = ex.describe_layers(em.model, em.input_shape)
+                out_text = render(df, fmt, title=f"{em.label}: conv layers", console=console)
+                if out_text is not None:
+                    typer.echo(out_text, nl=False)
+        return
+
+    ref = Path(checkpoint)
+    run_name = ref.parent.name if ref.name == "model.safetensors" else ref.stem
+    out_dir = out if out is not None else Path(f"explain-{run_name or 'model'}")
+    report = ex.run_explain(
+        checkpoint,
+        vs=vs,
+        untrained=untrained,
+        dataset=dataset,
+        data_dir=data_dir,
+        split=split,
+        images=images,
+        indices=_int_list(indices, "--indices"),
+        layer=layer,
+        vs_layer=vs_layer,
+        target=target,
+        normalize=normalize,  # type: ignore[arg-type]
+        per_layer=per_layer,
+        layers=[v for v in layers.split(",") if v] if layers else None,
+        localization=localization,
+        limit=limit,
+        threshold=threshold,
+        object_threshold=object_threshold,
+        out=out_dir,
+        force=force,
+        device=device,
+        batch_size=batch_size,
+    )
+    for w in report.warnings:
+        err_console.print(f"[bold yellow]WARNING: {w}[/]", highlight=False)
+    if as_json:
+        typer.echo(json.dumps(ex.jsonable(report.document), indent=2))
+        return
+    if report.localization is not None:
+        loc = report.document["localization"]
+        title = (
+            f"Localization, t = {loc['threshold']} (object > {loc['object_threshold']}): "
+            f"{loc['images_correct_by_all']} of {loc['images_evaluated']} images correct by all"
+        )
+        frame = _by_metric(report.localization) if fmt == "table" else report.localization
+        text = render(frame, fmt, title=title, console=console, floatfmt=".3f")
+        if text is not None:
+            typer.echo(text, nl=False)
+    if fmt == "table":
+        for key, path in report.files.items():
+            console.print(f"[green]wrote[/] {path}  [dim]({key})[/]", highlight=False)
