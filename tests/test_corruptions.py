@@ -36,7 +36,7 @@ from robustcli.corruptions import (
     reference,
     weather,
 )
-from robustcli.corruptions.generate import _chunk_seed
+from robustcli.corruptions.generate import chunk_seed
 from robustcli.errors import DataError, OutputExistsError, RobustError
 
 RANDOM = [n for n in CORRUPTIONS if SPECS[n].draw is not None]
@@ -530,7 +530,7 @@ def test_generate_dataset_layout(tmp_path, x):
     assert meta["severities"] == [1, 2, 3, 4, 5] and meta["seed"] == 3
     # severity-major, batch b of severity s seeded from (seed, name, s, b)
     batch = torch.from_numpy(nhwc[4:6]).permute(0, 3, 1, 2)
-    g = torch.Generator().manual_seed(_chunk_seed(3, "gaussian_noise", 4, 1))
+    g = torch.Generator().manual_seed(chunk_seed(3, "gaussian_noise", 4, 1))
     expected = corrupt(batch, "gaussian_noise", 4, generator=g).permute(0, 2, 3, 1).numpy()
     assert np.array_equal(data[3 * 6 + 4 : 3 * 6 + 6], expected)
     assert not list(out.glob("*.tmp"))

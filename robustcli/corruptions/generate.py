@@ -238,7 +238,7 @@ def _images_to_nchw(images: Any) -> Tensor:
     return t.contiguous()
 
 
-def _chunk_seed(seed: int, name: str, severity: int, chunk: int) -> int:
+def chunk_seed(seed: int, name: str, severity: int, chunk: int) -> int:
     """Generator seed of batch ``chunk`` of (corruption, severity): what ``generate_dataset``
     uses, so on-the-fly evaluation can reproduce a written folder batch by batch."""
     seq = np.random.SeedSequence([int(seed), CORRUPTIONS.index(name), severity, chunk])
@@ -269,7 +269,7 @@ def iter_corrupted(
 
     def run(task: tuple[int, int, int]) -> tuple[int, int, np.ndarray]:
         sev, b, lo = task
-        gen = torch.Generator(device).manual_seed(_chunk_seed(seed, name, sev, b))
+        gen = torch.Generator(device).manual_seed(chunk_seed(seed, name, sev, b))
         y = corrupt(x[lo : lo + batch_size].to(device), name, sev, generator=gen)
         return sev, b, y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
