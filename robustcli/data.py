@@ -266,7 +266,7 @@ def _load_torchvision(
                 f"{url} into {base / marker}, or pass --data-dir DIR holding "
                 f"{marker.split('/')[0]} "
                 "or an ImageFolder tree (train/<class>/, test/<class>/); "
-                "`--dataset digits` trains offline"
+                "`--dataset digits` is the embedded offline default"
             ) from None
     data = ds.data
     if isinstance(data, np.ndarray):  # CIFAR: N x H x W x C
