@@ -35,7 +35,12 @@ def _root(
 
 def _register() -> None:
     # Each subcommand lives in its own module and registers itself on `app`.
-    from robustcli.cli import models  # noqa: F401
+    from robustcli.cli import (  # noqa: F401
+        eval_c,
+        explain,
+        models,
+        train,
+    )
 
 
 _register()
