@@ -1,0 +1,374 @@
+"""What `robust attack` does, as library calls: load models and data, run, write.
+
+``load_attack_model`` (a checkpoint, or a registry name with ``untrained=True``),
+``load_attack_data`` (a dataset's test split, or the real test images that Foolbox ships),
+``run_experiment`` (every model x branch x attack, the worst case, paper B's branch transfer)
+and ``write_experiment`` (JSON, CSVs, figure).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from robustcli.attacks.metrics import default_epsilons, samples_frame, summary_frame
+from robustcli.attacks.registry import attack_params
+from robustcli.attacks.results import (
+    attack_document,
+    check_outputs,
+    file_sha256,
+    output_paths,
+    write_attack_outputs,
+)
+from robustcli.attacks.runner import (
+    AttackOutcome,
+    ProgressHook,
+    branch_transfer,
+    run_attack,
+    worst_case,
+)
+from robustcli.attacks.target import BRANCHES, AttackTarget, is_topdown
+from robustcli.errors import DataError, RobustError
+
+#: Foolbox's bundled sample sets (``foolbox/data/<set>_<index>_<label>.png``, 20 each: the first
+#: 20 test images of each dataset) for the datasets of model_zoo.yaml.
+FOOLBOX_SAMPLES = {"cifar10": "cifar10", "mnist": "mnist", "fashion-mnist": "fashionMNIST"}
+
+
+@dataclass
+class AttackModel:
+    """A model ready to attack, with where it came from."""
+
+    model: nn.Module
+    name: str
+    label: str
+    dataset: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_shape: tuple[int, int, int]
+    provenance: dict[str, Any]
+    adapter: Any = None  # robustcli.data.InputAdapter of the checkpoint, if any
+
+    @property
+    def topdown(self) -> bool:
+        return is_topdown(self.model)
+
+
+def _input_shape(model_name: str, config: Mapping[str, Any], adapter: Any) -> tuple[int, int, int]:
+    if adapter is not None and all(adapter.target_shape):
+        return tuple(int(v) for v in adapter.target_shape)  # type: ignore[return-value]
+    from robustcli.registry import get_model_spec
+
+    try:
+        shape = get_model_spec(model_name).input_shape
+    except RobustError:
+        raise RobustError(f"cannot tell the input size of {model_name!r}") from None
+    c = int(config.get("in_channels", shape[0]))
+    return (c, int(shape[1]), int(shape[2]))
+
+
+def load_attack_model(
+    model: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    *,
+    untrained: bool = False,
+    device: str | torch.device = "cpu",
+) -> AttackModel:
+    """The model to attack: ``checkpoint`` (a ``model.safetensors`` or its run folder), or the
+    registry model ``model`` with random weights, which needs ``untrained=True``: attacking an
+    untrained model measures nothing, so it is refused unless asked for (a smoke test)."""
+    if checkpoint is not None:
+        from robustcli.checkpoint import load_checkpoint
+
+        ck = load_checkpoint(checkpoint, device=device)
+        if model is not None and model != ck.name:
+            raise RobustError(
+                f"{checkpoint} holds {ck.name!r}, not {model!r}: drop --model or pass a "
+                f"checkpoint of {model}"
+            )
+        path = Path(ck.path or checkpoint)
+        return AttackModel(
+            model=ck.model,
+            name=ck.name,
+            label=ck.name,
+            dataset=ck.dataset,
+            mean=tuple(ck.mean),
+            std=tuple(ck.std),
+            input_shape=_input_shape(ck.name, ck.config, ck.input),
+            adapter=ck.input,
+            provenance={
+                "name": ck.name,
+                "checkpoint": str(path),
+                "sha256": file_sha256(path),
+                "dataset": ck.dataset,
+                "normalization": ck.normalization,
+                "input": ck.input.to_dict(),
+                "trained": {k: ck.meta[k] for k in ("recipe", "epochs", "seed") if k in ck.meta},
+            },
+        )
+    if model is None:
+        raise RobustError("no model given: pass --checkpoint PATH (and optionally --model NAME)")
+    from robustcli.registry import create_model, get_dataset_spec, get_model_spec
+
+    spec = get_model_spec(model)
+    if not untrained:
+        raise RobustError(
+            f"no --checkpoint for {model}: an untrained (randomly initialised) model says "
+            "nothing about robustness; pass --checkpoint PATH, or --untrained for a smoke test"
+        )
+    torch.manual_seed(0)
+    net = create_model(model).to(device).eval()
+    ds = get_dataset_spec(spec.dataset)
+    c = spec.input_shape[0]
+    mean = ds.mean if len(ds.mean) == c else (ds.mean[0],) * c
+    std = ds.std if len(ds.std) == c else (ds.std[0],) * c
+    return AttackModel(
+        model=net,
+        name=model,
+        label=f"{model} (untrained)",
+        dataset=spec.dataset,
+        mean=tuple(mean),
+        std=tuple(std),
+        input_shape=tuple(spec.input_shape),  # type: ignore[arg-type]
+        provenance={
+            "name": model,
+            "checkpoint": None,
+            "sha256": "untrained",
+            "init_seed": 0,
+            "dataset": spec.dataset,
+            "normalization": {"mean": list(mean), "std": list(std)},
+        },
+    )
+
+
+def foolbox_samples(dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 20 real test images Foolbox ships for ``dataset`` (uint8 N x C x H x W, labels)."""
+    import foolbox
+    from PIL import Image
+
+    if dataset not in FOOLBOX_SAMPLES:
+        raise DataError(
+            f"Foolbox ships no {dataset} images: pass --dataset and --data-dir "
+            f"(built-in samples exist for {', '.join(FOOLBOX_SAMPLES)})"
+        )
+    folder = Path(foolbox.__file__).parent / "data"
+    prefix = FOOLBOX_SAMPLES[dataset]
+    files = sorted(
+        folder.glob(f"{prefix}_*_*.png"), key=lambda p: int(p.stem[len(prefix) + 1 :].split("_")[0])
+    )
+    if not files:
+        raise DataError(f"Foolbox's sample images are missing from {folder}: reinstall foolbox")
+    images, labels = [], []
+    for f in files:
+        arr = np.asarray(Image.open(f))
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        images.append(torch.from_numpy(arr.copy()))
+        labels.append(int(f.stem.split("_")[-1]))
+    return torch.stack(images), torch.tensor(labels)
+
+
+@dataclass
+class AttackData:
+    images: torch.Tensor  # float32 [0, 1], model input shape
+    labels: torch.Tensor
+    provenance: dict[str, Any]
+
+
+def load_attack_data(
+    model: AttackModel,
+    *,
+    dataset: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    n_examples: int | None = None,
+    seed: int = 0,
+) -> AttackData:
+    """Test images for ``model`` in ``[0, 1]`` at its input shape.
+
+    Without ``dataset``/``data_dir``: the real test images Foolbox ships for the model's dataset
+    (20 each for CIFAR-10, MNIST, Fashion-MNIST; the embedded digits test split for digits
+    models). ``n_examples`` draws that many at random (seeded, indices recorded) from the split.
+    Images are adapted to the model's input as in its training (checkpoint's InputAdapter), so
+    distances are measured in the model's input pixels.
+    """
+    from robustcli.data import input_adapter, load_dataset
+
+    name = dataset or model.dataset
+    if dataset is None and data_dir is None and name in FOOLBOX_SAMPLES:
+        images, labels = foolbox_samples(name)
+        source = f"foolbox sample images: the first {len(labels)} {name} test images"
+    else:
+        images, labels = load_dataset(name, "test", data_dir)
+        source = f"{name} test split" + (f" from {data_dir}" if data_dir else "")
+    total = len(labels)
+    if n_examples is not None and n_examples < 1:
+        raise DataError(f"--n-examples must be positive, got {n_examples}")
+    if n_examples is not None and n_examples < total:
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(total, generator=gen)[:n_examples].sort().values
+    else:
+        idx = torch.arange(total)
+    images, labels = images[idx], labels[idx]
+    src_shape = tuple(int(v) for v in images.shape[1:])
+    adapter = model.adapter
+    if adapter is None or tuple(adapter.source_shape) != src_shape:
+        adapter = input_adapter(src_shape, model.input_shape)
+    x = adapter(images)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    note = None
+    if n_examples is not None and n_examples > total:
+        note = f"asked for {n_examples} examples, the source has {total}: using {total}"
+    return AttackData(
+        images=x.clamp(0.0, 1.0).contiguous(),
+        labels=labels.long(),
+        provenance={
+            "source": source,
+            "dataset": name,
+            "data_dir": str(data_dir) if data_dir else None,
+            "split_size": total,
+            "n_examples": len(idx),
+            "indices": idx.tolist(),
+            "selection": "all" if len(idx) == total else f"random, seed {seed}",
+            "input": adapter.to_dict(),
+            "note": note,
+        },
+    )
+
+
+@dataclass
+class AttackRun:
+    """Everything one `robust attack` produced."""
+
+    outcomes: list[AttackOutcome]
+    epsilons: list[float]
+    document: dict[str, Any]
+    transfer: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        return summary_frame(self.outcomes, self.epsilons)
+
+    @property
+    def samples(self) -> pd.DataFrame:
+        return samples_frame(self.outcomes)
+
+
+def run_experiment(
+    models: Sequence[AttackModel],
+    data: AttackData,
+    attacks: Sequence[str],
+    *,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    branches: Sequence[str] = ("all",),
+    epsilons: Sequence[float] | None = None,
+    repeats: int = 3,
+    batch_size: int = 128,
+    seed: int = 0,
+    max_seconds: float | None = None,
+    device: str | torch.device = "cpu",
+    progress: ProgressHook | None = None,
+    command: Sequence[str] | None = None,
+) -> AttackRun:
+    """Attack every model (TD models through each of ``branches``; other models whole) with every
+    attack; add the per-sample worst case over attacks and, for TD models attacked whole, paper
+    B's branch transfer (Fig. 5). Returns the outcomes and the JSON document."""
+    params = params or {}
+    for b in branches:
+        if b not in BRANCHES:
+            raise RobustError(f"unknown branch {b!r}: use one of {', '.join(BRANCHES)}")
+    shapes = {m.input_shape for m in models}
+    if len(shapes) > 1:
+        raise RobustError(
+            f"the models take different inputs ({', '.join(map(str, shapes))}): compare models "
+            "of one input size, so that distances are measured in the same pixels"
+        )
+    eps = list(epsilons) if epsilons else default_epsilons(models[0].input_shape)
+    started = _dt.datetime.now(_dt.timezone.utc)
+    t0 = time.perf_counter()
+    outcomes: list[AttackOutcome] = []
+    transfer_rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    labels = [m.label for m in models]
+    for m in models:
+        label = m.label if labels.count(m.label) == 1 else f"{m.label} #{models.index(m) + 1}"
+        own = [b for b in branches if m.topdown] or ["all"]
+        if not m.topdown and any(b != "all" for b in branches):
+            notes.append(f"{label} is not top-down: attacked on its single input (branch all)")
+        for branch in own:
+            target = AttackTarget(m.model, m.mean, m.std, m.name, branch, device)
+            target.label = label if branch == "all" else f"{label} [{branch}]"
+            group = [
+                run_attack(
+                    target,
+                    a,
+                    data.images,
+                    data.labels,
+                    params=params.get(a),
+                    repeats=repeats,
+                    batch_size=batch_size,
+                    seed=seed,
+                    max_seconds=max_seconds,
+                    progress=progress,
+                )
+                for a in attacks
+            ]
+            if len(group) > 1:
+                group.append(worst_case(group))
+            if m.topdown and branch == "all":
+                for o in group:
+                    accs = branch_transfer(target, o, data.images)
+                    if accs:
+                        transfer_rows.append({"model": target.label, "attack": o.attack, **accs})
+            for o in group:
+                o.adversarials = None  # the document keeps distances, not images
+            outcomes.extend(group)
+    seconds = time.perf_counter() - t0
+    config = {
+        "attacks": {a: attack_params(a, params.get(a)) for a in attacks},
+        "repeats": repeats,
+        "branches": list(branches),
+        "batch_size": batch_size,
+        "max_seconds": max_seconds,
+        "notes": notes,
+    }
+    doc = attack_document(
+        outcomes,
+        epsilons=eps,
+        models=[m.provenance | {"label": m.label} for m in models],
+        data=data.provenance,
+        config=config,
+        seed=seed,
+        device=str(device),
+        started=started,
+        seconds=seconds,
+        branch_transfer={"rows": transfer_rows},
+        command=command,
+    )
+    return AttackRun(outcomes, eps, doc, pd.DataFrame(transfer_rows))
+
+
+def write_experiment(
+    run: AttackRun,
+    out_dir: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    title: str | None = None,
+) -> dict[str, Path]:
+    """Write the JSON, both CSVs and the figure (PNG + SVG) of ``run`` to ``out_dir``."""
+    from robustcli.plots import plot_attack_curves, save_attack_figure
+
+    check_outputs(out_dir, force)
+    paths = write_attack_outputs(out_dir, run.document, run.summary, run.samples, force=force)
+    fig = plot_attack_curves(run.outcomes, epsilons=run.epsilons, title=title)
+    stem = output_paths(out_dir)["figure_png"].with_suffix("")
+    figs = save_attack_figure(fig, stem, force=force)
+    return {**paths, "figure_png": figs["png"], "figure_svg": figs["svg"]}

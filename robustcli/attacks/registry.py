@@ -1,0 +1,354 @@
+"""The attacks `robust attack` knows, by name, with their defaults and how each one's per-sample
+minimal L2 distance is obtained.
+
+``list_attacks(group)``, ``get_attack_spec(name)``, ``build_attack(name, **params)`` and
+``resolve_attacks("paper-b,pgd")`` are the public surface; ``register_attack`` adds one.
+Groups: ``paper-b`` (the attacks of paper B's Fig. 6), ``gradient`` (DDN, DeepFool, C&W, FMN,
+PGD), ``all``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import foolbox as fb
+
+from robustcli.attacks.methods import (
+    AttackMethod,
+    BlendedNoiseSearch,
+    EpsilonSearch,
+    FoolboxMinimization,
+    GaussianBlurSearch,
+    L2PGDPerSample,
+    MinimalSpatial,
+    PointwiseSearch,
+    check_params,
+)
+from robustcli.errors import RobustError
+
+GROUPS = ("paper-b", "gradient", "all")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One named attack.
+
+    ``build(**params)`` returns an ``AttackMethod``; ``defaults`` lists every parameter it takes
+    (``--param NAME.KEY=VALUE`` overrides them); ``minimal_l2`` says in one sentence how the
+    per-sample minimal L2 is obtained (shown by ``robust attack --list`` and in docs/attack.md).
+    """
+
+    name: str
+    title: str
+    group: str
+    kind: str
+    stochastic: bool
+    minimal_l2: str
+    build: Callable[..., AttackMethod]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+ATTACKS: dict[str, AttackSpec] = {}
+
+
+def register_attack(spec: AttackSpec) -> AttackSpec:
+    """Add (or replace) an attack by name."""
+    ATTACKS[spec.name] = spec
+    return spec
+
+
+def list_attacks(group: str = "all") -> list[str]:
+    """Names of the attacks of ``group`` (``paper-b``, ``gradient`` or ``all``), in table order."""
+    if group not in GROUPS:
+        raise RobustError(f"unknown attack group {group!r}: use one of {', '.join(GROUPS)}")
+    return [n for n, s in ATTACKS.items() if group == "all" or s.group == group]
+
+
+def get_attack_spec(name: str) -> AttackSpec:
+    if name not in ATTACKS:
+        hint = difflib.get_close_matches(name, list(ATTACKS), n=3, cutoff=0.4)
+        did = f"did you mean {', '.join(hint)}? " if hint else ""
+        raise RobustError(
+            f"unknown attack {name!r}: {did}choose from {', '.join(ATTACKS)} "
+            f"or a group ({', '.join(GROUPS)})"
+        )
+    return ATTACKS[name]
+
+
+def resolve_attacks(names: str | list[str]) -> list[str]:
+    """``"paper-b,pgd"`` -> the attack names, groups expanded, duplicates dropped, order kept."""
+    items = names.split(",") if isinstance(names, str) else list(names)
+    out: list[str] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        for name in list_attacks(item) if item in GROUPS else [get_attack_spec(item).name]:
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise RobustError("no attack selected: pass e.g. --attacks paper-b or --attacks ddn,pgd")
+    return out
+
+
+def attack_params(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The defaults of ``name`` with ``overrides`` applied (unknown keys are an error)."""
+    spec = get_attack_spec(name)
+    overrides = dict(overrides or {})
+    check_params(name, overrides, list(spec.defaults))
+    return {**spec.defaults, **overrides}
+
+
+def build_attack(name: str, **overrides: Any) -> AttackMethod:
+    """The ``AttackMethod`` of ``name`` with its defaults and ``overrides``."""
+    spec = get_attack_spec(name)
+    params = attack_params(name, overrides)
+    try:
+        return spec.build(**params)
+    except (TypeError, ValueError) as exc:
+        raise RobustError(f"invalid parameters for attack {name!r}: {exc}") from None
+
+
+def parse_param_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``["cw.steps=200", "pgd.refine=2"]`` -> ``{"cw": {"steps": 200}, "pgd": {"refine": 2}}``.
+
+    Values are read as YAML scalars (``200`` int, ``0.5`` float, ``false`` bool).
+    """
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        attack, dot, param = key.strip().partition(".")
+        if not sep or not dot or not attack or not param:
+            raise RobustError(f"bad --param {item!r}: write ATTACK.KEY=VALUE, e.g. cw.steps=200")
+        get_attack_spec(attack)
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        out.setdefault(attack, {})[param.strip()] = parsed
+    for attack, params in out.items():
+        check_params(attack, params, list(ATTACKS[attack].defaults))
+    return out
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def _noise_search(cls: type) -> Callable[..., AttackMethod]:
+    def build(start: float, ratio: float, refine: int) -> AttackMethod:
+        return EpsilonSearch(cls(), start=start, ratio=ratio, refine=refine, stochastic=True)
+
+    return build
+
+
+def _pgd(steps: int, rel_stepsize: float, start: float, ratio: float, refine: int) -> AttackMethod:
+    attack = L2PGDPerSample(steps=steps, rel_stepsize=rel_stepsize, random_start=True)
+    return EpsilonSearch(attack, start=start, ratio=ratio, refine=refine, stochastic=True)
+
+
+_NOISE = {"start": 0.05, "ratio": 1.1, "refine": 2}
+_NOISE_HOW = (
+    "{what} of L2 size eps (then clipped to [0,1]), eps on a geometric grid from 0.05 "
+    "(x1.1 per step, fresh noise each step) up to sqrt(C*H*W), then 2 bisection steps of the "
+    "bracket: the smallest measured L2 that fools"
+)
+
+register_attack(
+    AttackSpec(
+        "gaussian",
+        "Additive Gaussian noise",
+        "paper-b",
+        "noise",
+        True,
+        _NOISE_HOW.format(what="Gaussian noise (foolbox L2AdditiveGaussianNoiseAttack)"),
+        _noise_search(fb.attacks.L2AdditiveGaussianNoiseAttack),
+        _NOISE,
+    )
+)
+register_attack(
+    AttackSpec(
+        "uniform",
+        "Additive uniform noise",
+        "paper-b",
+        "noise",
+        True,
+        _NOISE_HOW.format(what="Uniform noise (foolbox L2AdditiveUniformNoiseAttack)"),
+        _noise_search(fb.attacks.L2AdditiveUniformNoiseAttack),
+        _NOISE,
+    )
+)
+register_attack(
+    AttackSpec(
+        "salt-pepper",
+        "Salt-and-pepper noise",
+        "paper-b",
+        "decision",
+        True,
+        "foolbox SaltAndPepperNoiseAttack (minimization: raises the noise probability over "
+        "`steps` steps and narrows it around the best hit): the L2 of its result",
+        lambda steps: FoolboxMinimization(
+            fb.attacks.SaltAndPepperNoiseAttack(steps=steps), stochastic=True
+        ),
+        {"steps": 1000},
+    )
+)
+register_attack(
+    AttackSpec(
+        "pointwise",
+        "Pointwise",
+        "paper-b",
+        "decision",
+        True,
+        "foolbox PointwiseAttack's algorithm from a salt-and-pepper start (images the start "
+        "cannot fool are failures): resets values to the clean ones while still adversarial, "
+        "then a binary search per value, each image classified only while it changes; the L2 of "
+        "its result",
+        lambda init_steps, l2_binary_search: PointwiseSearch(
+            init_steps=init_steps, l2_binary_search=l2_binary_search
+        ),
+        {"init_steps": 1000, "l2_binary_search": True},
+    )
+)
+register_attack(
+    AttackSpec(
+        "blur",
+        "Gaussian blur",
+        "paper-b",
+        "decision",
+        False,
+        "foolbox GaussianBlurAttack's search (linear in sigma up to max(H, W), `steps` steps, "
+        "first fooling sigma), each image evaluated only until fooled; the L2 of the blurred image",
+        lambda steps: GaussianBlurSearch(steps=steps),
+        {"steps": 1000},
+    )
+)
+register_attack(
+    AttackSpec(
+        "contrast",
+        "Contrast reduction",
+        "paper-b",
+        "decision",
+        False,
+        "foolbox BinarySearchContrastReductionAttack (distance=l2): binary search (15 steps) of "
+        "the blend towards mid-grey; the L2 of the result",
+        lambda binary_search_steps: FoolboxMinimization(
+            fb.attacks.BinarySearchContrastReductionAttack(
+                distance=fb.distances.l2, binary_search_steps=binary_search_steps
+            ),
+            stochastic=False,
+        ),
+        {"binary_search_steps": 15},
+    )
+)
+register_attack(
+    AttackSpec(
+        "blended",
+        "Blended uniform noise",
+        "paper-b",
+        "decision",
+        True,
+        "foolbox LinearSearchBlendedUniformNoiseAttack's search: draws uniform-noise images "
+        "until one is misclassified, then a linear search (`steps`) of the blend, each image "
+        "evaluated only until done; the L2 of the result",
+        lambda directions, steps: BlendedNoiseSearch(directions=directions, steps=steps),
+        {"directions": 1000, "steps": 1000},
+    )
+)
+register_attack(
+    AttackSpec(
+        "spatial",
+        "Spatial (rotation + shift)",
+        "paper-b",
+        "spatial",
+        False,
+        "not an L2 attack: foolbox's SpatialAttack grid (rotations +-30 deg x 5, shifts +-3 px "
+        "x 5 x 5), every transform tried; the smallest L2 induced by a fooling transform",
+        lambda **kw: MinimalSpatial(**kw),
+        {"max_translation": 3.0, "max_rotation": 30.0, "num_translations": 5, "num_rotations": 5},
+    )
+)
+register_attack(
+    AttackSpec(
+        "ddn",
+        "DDN",
+        "gradient",
+        "gradient",
+        False,
+        "foolbox DDNAttack (decoupled direction and norm, `steps` steps): the L2 of its result",
+        lambda steps, init_epsilon, gamma: FoolboxMinimization(
+            fb.attacks.DDNAttack(steps=steps, init_epsilon=init_epsilon, gamma=gamma),
+            stochastic=False,
+        ),
+        {"steps": 100, "init_epsilon": 1.0, "gamma": 0.05},
+    )
+)
+register_attack(
+    AttackSpec(
+        "deepfool",
+        "DeepFool",
+        "gradient",
+        "gradient",
+        False,
+        "foolbox L2DeepFoolAttack (linearised boundary steps, overshoot 0.02, 10 candidate "
+        "classes): the L2 of its result",
+        lambda steps, candidates, overshoot: FoolboxMinimization(
+            fb.attacks.L2DeepFoolAttack(steps=steps, candidates=candidates, overshoot=overshoot),
+            stochastic=False,
+        ),
+        {"steps": 50, "candidates": 10, "overshoot": 0.02},
+    )
+)
+register_attack(
+    AttackSpec(
+        "cw",
+        "Carlini-Wagner L2",
+        "gradient",
+        "gradient",
+        False,
+        "foolbox L2CarliniWagnerAttack with 5 binary-search steps of the constant x 100 Adam "
+        "steps (foolbox: 9 x 10000, hours on a CPU): the L2 of its best result",
+        lambda binary_search_steps, steps, stepsize, initial_const: FoolboxMinimization(
+            fb.attacks.L2CarliniWagnerAttack(
+                binary_search_steps=binary_search_steps,
+                steps=steps,
+                stepsize=stepsize,
+                initial_const=initial_const,
+            ),
+            stochastic=False,
+        ),
+        {"binary_search_steps": 5, "steps": 100, "stepsize": 0.01, "initial_const": 0.001},
+    )
+)
+register_attack(
+    AttackSpec(
+        "fmn",
+        "FMN",
+        "gradient",
+        "gradient",
+        False,
+        "foolbox L2FMNAttack (fast minimum-norm, `steps` steps): the L2 of its result",
+        lambda steps, max_stepsize, gamma: FoolboxMinimization(
+            fb.attacks.L2FMNAttack(steps=steps, max_stepsize=max_stepsize, gamma=gamma),
+            stochastic=False,
+        ),
+        {"steps": 100, "max_stepsize": 1.0, "gamma": 0.05},
+    )
+)
+register_attack(
+    AttackSpec(
+        "pgd",
+        "PGD L2",
+        "gradient",
+        "gradient",
+        True,
+        "foolbox L2PGD (50 steps, random start) at eps on a geometric grid from 1/32 (x2 per "
+        "step) up to sqrt(C*H*W), then 3 bisection steps of the bracket (resolution x1.09): "
+        "the smallest measured L2 that fools",
+        _pgd,
+        {"steps": 50, "rel_stepsize": 0.025, "start": 1 / 32, "ratio": 2.0, "refine": 3},
+    )
+)

@@ -1,0 +1,357 @@
+"""Run attacks on a model: batches on the device, repeats, verification, time budget.
+
+Protocol (paper B, Exp. 2): each attack runs ``repeats`` times (stochastic attacks only; a
+deterministic attack gives the same result every time and runs once) and each sample keeps its
+smallest successful L2. Whatever an attack returns is clipped to ``[0, 1]``, classified again by a
+plain forward pass of the model and re-measured (``||x_adv - x||_2`` over C, H, W, float64):
+only verified misclassifications count, the others are failures (infinite distance).
+
+Per-sample status: ``misclassified`` (clean image already wrong: distance 0, not attacked),
+``adversarial`` (finite distance), ``failed`` (attacked, never fooled: infinity), ``cut`` (never
+attacked because the time budget ran out: NaN, left out of every metric).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustcli.attacks.methods import AttackMethod, l2_norms
+from robustcli.attacks.registry import attack_params, build_attack, get_attack_spec
+from robustcli.attacks.target import (
+    AttackTarget,
+    AttackTimeout,
+    BatchContext,
+    Budget,
+    check_images,
+    frozen_parameters,
+)
+
+STATUSES = ("misclassified", "adversarial", "failed", "cut")
+
+# progress(event, attack_key, n): event "start" (n = total samples x repeats), "advance", "end"
+ProgressHook = Callable[[str, str, int], None]
+
+
+@dataclass
+class AttackOutcome:
+    """Per-sample result of one attack on one model (and branch).
+
+    ``distances``: the kept L2 per sample (0 misclassified, inf failed, NaN cut);
+    ``repeat_distances``: the same per repeat (rows = repeats run; NaN where a repeat did not
+    reach the sample); ``best_repeat``: the repeat whose adversarial was kept (-1 if none);
+    ``adversarials``: the kept images (the clean image where none), or None;
+    ``model_images``: images the attack passed through the model (batches that finished),
+    ``model_grad_images`` of them with an input gradient;
+    ``seconds``: wall time, ``finished_seconds``: up to the last batch that finished.
+    For a ``worst_case`` outcome, ``best_repeat`` is the index (in ``params["of"]``) of the
+    attack that gave the kept distance.
+    """
+
+    model: str
+    label: str
+    attack: str
+    branch: str
+    topdown: bool
+    labels: np.ndarray
+    clean_pred: np.ndarray
+    distances: np.ndarray
+    status: np.ndarray
+    repeat_distances: np.ndarray
+    best_repeat: np.ndarray
+    repeats: int
+    seconds: float
+    model_images: int
+    model_grad_images: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    adversarials: torch.Tensor | None = None
+    finished_seconds: float | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    @property
+    def clean_correct(self) -> np.ndarray:
+        return self.clean_pred == self.labels
+
+    @property
+    def evaluated(self) -> np.ndarray:
+        """Samples that count in metrics (all but ``cut``)."""
+        return self.status != "cut"
+
+    @property
+    def n_cut(self) -> int:
+        return int((self.status == "cut").sum())
+
+    @property
+    def attacked_images(self) -> int:
+        """Sample-repeats attacked (for throughput)."""
+        return int((~np.isnan(self.repeat_distances[:, self.clean_correct])).sum())
+
+    @property
+    def images_per_second(self) -> float:
+        """Attacked sample-repeats per second, over the batches that finished."""
+        t = self.seconds if self.finished_seconds is None else self.finished_seconds
+        return self.attacked_images / t if t > 0 else math.nan
+
+
+def _seed(*parts: Any) -> None:
+    s = zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF
+    torch.manual_seed(s)
+    np.random.seed(s)
+
+
+def _batches(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+
+
+def run_attack(
+    target: AttackTarget,
+    attack: str | AttackMethod,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    params: Mapping[str, Any] | None = None,
+    repeats: int = 3,
+    batch_size: int = 128,
+    seed: int = 0,
+    max_seconds: float | None = None,
+    progress: ProgressHook | None = None,
+    keep_adversarials: bool = True,
+    name: str | None = None,
+) -> AttackOutcome:
+    """Attack ``target`` on ``x`` (``[0, 1]`` pixels, N x C x H x W) with labels ``y``.
+
+    Args:
+        attack: a registered attack name (``robustcli.attacks.list_attacks()``) or an
+            ``AttackMethod`` (then ``name`` labels it).
+        params: overrides of the attack's defaults (registered attacks only).
+        repeats: runs of a stochastic attack; each sample keeps its smallest verified L2.
+        batch_size: images per attack call (the device executes whole batches).
+        seed: base seed; repeat ``r`` of batch ``b`` is seeded from (seed, attack, r, b).
+        max_seconds: time budget of this attack. Repeat 1 covers all samples before repeat 2
+            starts; when the budget runs out (checked at every model call) the running batch is
+            dropped and what was not attacked is reported (status ``cut``, ``notes``).
+        progress: optional hook, see ``ProgressHook``.
+        keep_adversarials: keep the kept adversarial images (``outcome.adversarials``, CPU).
+    """
+    if isinstance(attack, str):
+        spec = get_attack_spec(attack)
+        full_params = attack_params(attack, params)
+        method = build_attack(attack, **(params or {}))
+        attack_name = name or spec.name
+    else:
+        method, full_params, attack_name = attack, dict(params or {}), name or type(attack).__name__
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_images(x, y)
+    device = target.device
+    x = x.to(device=device, dtype=torch.float32)
+    y = y.to(device=device, dtype=torch.long)
+    n = len(x)
+
+    clean_pred = target.predict(x)
+    correct = (clean_pred == y).cpu().numpy()
+    todo = np.flatnonzero(correct)
+    runs = repeats if method.stochastic else 1
+
+    distances = np.where(correct, math.nan, 0.0)
+    best = torch.full((n,), math.inf, dtype=torch.float64)
+    best[~torch.from_numpy(correct)] = 0.0
+    repeat_distances = np.full((runs, n), math.nan)
+    repeat_distances[:, ~correct] = 0.0
+    best_repeat = np.full(n, -1)
+    adversarials = x.detach().cpu().clone() if keep_adversarials else None
+    budget = Budget(None if max_seconds is None else time.monotonic() + max_seconds)
+    key = f"{target.label}/{attack_name}"
+    notes: list[str] = []
+    cut_at: tuple[int, int] | None = None
+    if progress:
+        progress("start", key, len(todo) * runs)
+
+    t0 = time.perf_counter()
+    # counters up to the last finished batch (the work of a cut batch is dropped)
+    done_images, done_grad, done_seconds = 0, 0, 0.0
+    with warnings.catch_warnings(record=True) as caught, frozen_parameters(target.model):
+        warnings.simplefilter("always")
+        for r in range(runs):
+            for b, rows in enumerate(_batches(todo, batch_size)):
+                idx = torch.from_numpy(rows).to(device)
+                xb, yb = x[idx], y[idx]
+                _seed(seed, attack_name, r, b)
+                try:
+                    x_adv = method.run(BatchContext(target, xb, budget), xb, yb)
+                except AttackTimeout:
+                    cut_at = (r, b)
+                    break
+                x_adv = x_adv.detach().to(device=device, dtype=torch.float32).clamp(0.0, 1.0)
+                fooled = target.predict(x_adv, clean=xb) != yb
+                d = l2_norms(x_adv - xb).cpu()
+                d[~fooled.cpu()] = math.inf
+                repeat_distances[r, rows] = d.numpy()
+                better = d < best[rows]
+                better_rows = rows[better.numpy()]
+                best[better_rows] = d[better]
+                best_repeat[better_rows] = r
+                if adversarials is not None:
+                    adversarials[better_rows] = x_adv[better.to(device)].cpu()
+                done_images, done_grad = budget.images, budget.grad_images
+                done_seconds = time.perf_counter() - t0
+                if progress:
+                    progress("advance", key, len(rows))
+            if cut_at is not None:
+                break
+    seconds = time.perf_counter() - t0
+
+    reached = ~np.isnan(repeat_distances)
+    distances[todo] = best.numpy()[todo]
+    never = correct & ~reached.any(axis=0)
+    distances[never] = math.nan
+    status = np.where(
+        ~correct,
+        "misclassified",
+        np.where(never, "cut", np.where(np.isfinite(distances), "adversarial", "failed")),
+    )
+    if cut_at is not None:
+        r, b = cut_at
+        fewer = int((correct & reached.any(axis=0) & ~reached.all(axis=0)).sum())
+        msg = (
+            f"time budget {max_seconds:g} s reached in repeat {r + 1}/{runs}, batch {b + 1}: "
+            f"{int(never.sum())} of {len(todo)} samples not attacked (left out of the metrics)"
+        )
+        if fewer:
+            msg += f", {fewer} attacked in fewer than {runs} repeats"
+        notes.append(msg)
+    for w in caught:
+        text = f"{w.category.__name__}: {w.message}"
+        if "meshgrid" not in text and text not in notes:
+            notes.append(text)
+    if progress:
+        progress("end", key, 0)
+    if adversarials is not None and never.any():
+        adversarials[torch.from_numpy(never)] = x[torch.from_numpy(never).to(device)].cpu()
+
+    return AttackOutcome(
+        model=target.name,
+        label=str(target.label),
+        attack=attack_name,
+        branch=target.branch,
+        topdown=target.topdown,
+        labels=y.cpu().numpy(),
+        clean_pred=clean_pred.cpu().numpy(),
+        distances=distances,
+        status=status,
+        repeat_distances=repeat_distances,
+        best_repeat=best_repeat,
+        repeats=runs,
+        seconds=seconds,
+        model_images=done_images,
+        model_grad_images=done_grad,
+        params=full_params,
+        notes=notes,
+        adversarials=adversarials,
+        finished_seconds=done_seconds if cut_at is not None else seconds,
+    )
+
+
+def run_attacks(
+    target: AttackTarget,
+    attacks: Sequence[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    **kwargs: Any,
+) -> list[AttackOutcome]:
+    """``run_attack`` for each name in ``attacks`` (``params[name]`` overrides its defaults)."""
+    params = params or {}
+    return [run_attack(target, a, x, y, params=params.get(a), **kwargs) for a in attacks]
+
+
+def worst_case(outcomes: Sequence[AttackOutcome], name: str = "worst-case") -> AttackOutcome:
+    """Several attacks on the same model, branch and samples combined per sample: the smallest
+    distance any of them found (a sample cut by every attack stays cut)."""
+    if not outcomes:
+        raise ValueError("worst_case needs at least one outcome")
+    first = outcomes[0]
+    for o in outcomes[1:]:
+        if (o.model, o.branch, o.n) != (first.model, first.branch, first.n) or not np.array_equal(
+            o.labels, first.labels
+        ):
+            raise ValueError("worst_case combines outcomes of one model, branch and sample set")
+    d = np.stack([o.distances for o in outcomes])
+    all_cut = np.isnan(d).all(axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        best = np.where(all_cut, math.nan, np.nanmin(np.where(np.isnan(d), math.inf, d), axis=0))
+    which = np.where(all_cut, -1, np.argmin(np.where(np.isnan(d), math.inf, d), axis=0))
+    # which attack gave the kept distance, per sample (-1: none); stored as best_repeat
+    status = np.where(
+        ~first.clean_correct,
+        "misclassified",
+        np.where(all_cut, "cut", np.where(np.isfinite(best), "adversarial", "failed")),
+    )
+    adversarials = None
+    if all(o.adversarials is not None for o in outcomes):
+        stacked = torch.stack([o.adversarials for o in outcomes])  # type: ignore[misc]
+        pick = torch.from_numpy(np.maximum(which, 0))
+        adversarials = stacked[pick, torch.arange(first.n)]
+    return AttackOutcome(
+        model=first.model,
+        label=first.label,
+        attack=name,
+        branch=first.branch,
+        topdown=first.topdown,
+        labels=first.labels,
+        clean_pred=first.clean_pred,
+        distances=best,
+        status=status,
+        repeat_distances=best[None, :],
+        best_repeat=np.where(np.isfinite(best) & first.clean_correct, which, -1),
+        repeats=1,
+        seconds=float(sum(o.seconds for o in outcomes)),
+        model_images=int(sum(o.model_images for o in outcomes)),
+        model_grad_images=int(sum(o.model_grad_images for o in outcomes)),
+        params={
+            "of": [o.attack for o in outcomes],
+            "source": [outcomes[i].attack if i >= 0 else None for i in which.tolist()],
+        },
+        notes=[],
+        adversarials=adversarials,
+    )
+
+
+@torch.no_grad()
+def branch_transfer(
+    target: AttackTarget, outcome: AttackOutcome, x: torch.Tensor
+) -> dict[str, float]:
+    """Paper B's Fig. 5 protocol: the adversarials found on the whole TD model, fed to one input
+    (high, mid or low) while the other two get the clean image; accuracy (%) per branch, plus
+    ``clean`` and ``all`` (the adversarials on every input)."""
+    if not target.topdown or outcome.adversarials is None:
+        return {}
+    x = x.to(target.device)
+    adv = outcome.adversarials.to(target.device)
+    keep = torch.from_numpy(outcome.evaluated).to(target.device)
+    y = torch.from_numpy(outcome.labels).to(target.device)[keep]
+    x, adv = x[keep], adv[keep]
+    out = {
+        "clean": 100.0 * (target.predict(x) == y).float().mean().item(),
+        "all": 100.0 * (target.predict(adv) == y).float().mean().item(),
+    }
+    for branch in ("high", "mid", "low"):
+        pred = target.with_branch(branch).predict(adv, clean=x)
+        out[branch] = 100.0 * (pred == y).float().mean().item()
+    return out

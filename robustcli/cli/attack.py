@@ -1,0 +1,298 @@
+"""`robust attack`: Foolbox L2 attacks with paper B's protocol, TD vs BU curves."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from robustcli.cli import app
+from robustcli.cli._common import console, err_console, guarded
+from robustcli.errors import RobustError
+
+if TYPE_CHECKING:
+    from robustcli.attacks.experiment import AttackRun
+
+
+def _floats(text: str | None, what: str) -> list[float] | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        values = [float(v) for v in text.replace(" ", ",").split(",") if v]
+    except ValueError:
+        raise RobustError(
+            f"bad {what} {text!r}: give comma-separated numbers, e.g. 0.1,0.5,1"
+        ) from None
+    if any(v < 0 for v in values):
+        raise RobustError(f"{what} must be non-negative, got {text!r}")
+    return sorted(set(values))
+
+
+def _list_attacks() -> None:
+    import pandas as pd
+
+    from robustcli.attacks import ATTACKS
+    from robustcli.render import render
+
+    rows = [
+        {
+            "attack": s.name,
+            "group": s.group,
+            "repeated": "yes" if s.stochastic else "no (deterministic)",
+            "minimal L2": s.minimal_l2,
+            "defaults": ", ".join(
+                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.defaults.items()
+            ),
+        }
+        for s in ATTACKS.values()
+    ]
+    render(pd.DataFrame(rows), "table", title="robust attack: attacks", console=console)
+
+
+class _RichProgress:
+    """A Rich progress bar per attack (the runner's ProgressHook)."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            disable=not enabled,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, event: str, key: str, n: int) -> None:
+        if event == "start":
+            self.tasks[key] = self.progress.add_task(key, total=max(n, 1) if n else 0)
+        elif event == "advance":
+            self.progress.advance(self.tasks[key], n)
+        elif event == "end":
+            task = self.tasks[key]
+            total = self.progress.tasks[task].total or 0
+            self.progress.update(task, completed=self.progress.tasks[task].completed or total)
+
+
+@app.command("attack")
+@guarded
+def attack_command(
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Registry name (`robust models`); taken from --checkpoint if omitted.",
+    ),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", "-c", help="model.safetensors or its run folder (robust train --out)."
+    ),
+    vs: str | None = typer.Option(
+        None,
+        "--vs",
+        help="A second model to compare (paper B: the BU baseline): a checkpoint path, or a "
+        "registry name (untrained: needs --untrained).",
+    ),
+    attacks: str = typer.Option(
+        "paper-b",
+        "--attacks",
+        "-a",
+        help="Comma-separated attacks or groups: paper-b, gradient, all; see --list.",
+    ),
+    n_examples: int | None = typer.Option(
+        None,
+        "--n-examples",
+        "-n",
+        help="Test images to attack, drawn at random (seeded) from the split. Default: all of it "
+        "(20 for the built-in Foolbox samples).",
+    ),
+    repeats: int = typer.Option(
+        3, "--repeats", help="Runs of each stochastic attack; each sample keeps its smallest L2."
+    ),
+    branch: str = typer.Option(
+        "all",
+        "--branch",
+        help="Top-down models: all, or the input scale(s) the perturbation reaches: high, mid, "
+        "low (comma-separated for several).",
+    ),
+    epsilons: str | None = typer.Option(
+        None,
+        "--epsilons",
+        help="L2 grid of the robust accuracies, e.g. 0.1,0.25,0.5,1,2 ([0,1] pixels). Default: "
+        "0.1,0.25,0.5,1,2 at 3x32x32, 0.5,1,1.5,2,3 at 1x28x28.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output folder. Default: runs/attack-<model>[-vs-<model>]."
+    ),
+    dataset: str | None = typer.Option(
+        None,
+        "--dataset",
+        "-d",
+        help="cifar10, mnist, fashion-mnist, digits, imagefolder. Default: the model's dataset, "
+        "from the real test images Foolbox ships (no download).",
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Folder with the dataset (as for robust train)."
+    ),
+    param: list[str] | None = typer.Option(
+        None,
+        "--param",
+        "-p",
+        help="Override an attack default: ATTACK.KEY=VALUE, e.g. cw.steps=1000 (repeatable).",
+    ),
+    max_seconds: float | None = typer.Option(
+        None,
+        "--max-seconds",
+        help="Time budget per attack run (model x branch x attack); what was cut is reported.",
+    ),
+    batch_size: int = typer.Option(128, "--batch-size", "-b", help="Images per attack call."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the example draw and of the attacks."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    untrained: bool = typer.Option(
+        False, "--untrained", help="Allow attacking randomly initialised weights (smoke tests)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs in --out."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
+    list_: bool = typer.Option(False, "--list", help="List the attacks and exit."),
+) -> None:
+    """Attack a model with Foolbox (L2, [0,1] pixels) using paper B's protocol.
+
+    Each attack runs --repeats times (deterministic ones once) and every sample keeps its
+    smallest verified L2 perturbation; failures count at infinity. Prints a table (clean
+    accuracy, median minimal L2, robust accuracy on the --epsilons grid, AUC = mean accuracy
+    loss over [0, max eps]) and writes attack.json, attack_summary.csv, attack_samples.csv and
+    attack_curves.png/.svg (accuracy loss vs L2, one panel per attack, TD green, BU red).
+
+    \b
+    Examples:
+      robust attack -m td-nin -c runs/td-nin --vs runs/bu-nin
+      robust attack -c runs/td-nin -d cifar10 --data-dir ~/data/cifar10 -n 1000 --max-seconds 600
+      robust attack -c runs/td-nin-light --branch high,mid,low -a gaussian,pointwise
+      robust attack -c runs/r20 -a ddn,deepfool,cw,fmn,pgd -p cw.steps=1000
+      robust attack --list
+    """
+    if list_:
+        _list_attacks()
+        return
+
+    from robustcli.attacks import parse_param_overrides, resolve_attacks
+    from robustcli.attacks.experiment import (
+        load_attack_data,
+        load_attack_model,
+        run_experiment,
+        write_experiment,
+    )
+    from robustcli.attacks.results import check_outputs
+    from robustcli.runtime import resolve_device
+
+    names = resolve_attacks(attacks)
+    params = parse_param_overrides(param)
+    eps = _floats(epsilons, "--epsilons")
+    branches = [b.strip() for b in branch.split(",") if b.strip()] or ["all"]
+    if repeats < 1:
+        raise RobustError(f"--repeats must be at least 1, got {repeats}")
+    if max_seconds is not None and max_seconds <= 0:
+        raise RobustError(f"--max-seconds must be positive, got {max_seconds}")
+    if batch_size < 1:
+        raise RobustError(f"--batch-size must be at least 1, got {batch_size}")
+    dev = resolve_device(device)
+
+    first = load_attack_model(model, checkpoint, untrained=untrained, device=dev)
+    models = [first]
+    if vs is not None:
+        p = Path(vs).expanduser()
+        if p.exists() or vs.endswith(".safetensors") or "/" in vs:
+            models.append(load_attack_model(None, p, device=dev))
+        else:
+            models.append(load_attack_model(vs, None, untrained=untrained, device=dev))
+    if out is None:
+        out = Path("runs") / (
+            f"attack-{first.name}" + (f"-vs-{models[1].name}" if len(models) > 1 else "")
+        )
+    check_outputs(out, force)  # before any work
+    for m in models:
+        if m.provenance.get("sha256") == "untrained":
+            err_console.print(
+                f"[bold yellow]warning:[/] attacking {m.name} with random weights (--untrained): "
+                "the numbers say nothing about the architecture's robustness",
+                highlight=False,
+            )
+    data = load_attack_data(
+        first, dataset=dataset, data_dir=data_dir, n_examples=n_examples, seed=seed
+    )
+    if data.provenance.get("note"):
+        err_console.print(f"[yellow]note:[/] {data.provenance['note']}", highlight=False)
+    err_console.print(
+        f"attacking {', '.join(m.label for m in models)} on {data.provenance['n_examples']} "
+        f"images ({data.provenance['source']}) with {', '.join(names)}; device {dev}",
+        highlight=False,
+    )
+
+    bars = _RichProgress(progress and err_console.is_terminal)
+    with bars.progress:
+        run = run_experiment(
+            models,
+            data,
+            names,
+            params=params,
+            branches=branches,
+            epsilons=eps,
+            repeats=repeats,
+            batch_size=batch_size,
+            seed=seed,
+            max_seconds=max_seconds,
+            device=dev,
+            progress=bars,
+            command=["robust", *sys.argv[1:]],
+        )
+    title = f"{data.provenance['source']} (n={data.provenance['n_examples']})"
+    paths = write_experiment(run, out, force=force, title=title)
+    _render(run, title)
+    for key in ("json", "summary_csv", "samples_csv", "figure_png", "figure_svg"):
+        console.print(f"  {paths[key]}", highlight=False)
+
+
+def _render(run: AttackRun, title: str) -> None:
+    from robustcli.attacks.metrics import eps_column
+    from robustcli.render import to_rich_table
+
+    summary = run.summary
+    cols = ["model", "attack", "clean_acc", "median_l2"]
+    cols += [eps_column(e) for e in run.epsilons] + ["auc", "img_per_s"]
+    names = {"clean_acc": "clean%", "median_l2": "med L2", "auc": "AUC%", "img_per_s": "img/s"}
+    names |= {eps_column(e): f"@{e:g}" for e in run.epsilons}
+    if summary["cut"].any():
+        cols.append("cut")
+    table = summary[cols].rename(columns=names)
+    console.print(
+        to_rich_table(table, title=f"robust attack: {title}", floatfmt=".3g"), soft_wrap=False
+    )
+    console.print(
+        f"clean%, @eps: accuracy (%) with L2 perturbations up to eps ([0,1] pixels); med L2: "
+        f"median minimal L2 of correctly classified images (inf: most not fooled); AUC%: mean "
+        f"accuracy loss over [0, {max(run.epsilons):g}]",
+        style="dim",
+        highlight=False,
+    )
+    if len(run.transfer):
+        console.print(
+            to_rich_table(
+                run.transfer,
+                title="branch transfer (paper B Fig. 5): accuracy % with the adversarials fed "
+                "to one input",
+                floatfmt=".1f",
+            )
+        )
+    notes = {n for o in run.outcomes for n in o.notes}
+    notes |= set(run.document["config"].get("notes", []))
+    for note in sorted(notes):
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
