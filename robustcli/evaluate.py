@@ -1188,6 +1188,21 @@ def run_eval_c(
             images, labels, subset = load_clean(dataset, data_dir, n_examples, why)
             clean_data = (images, labels)
             clean_info = _clean_provenance(dataset, data_dir, data_label, subset)
+        # Generated corruptions need RGB images: a model trained on a grey dataset through an
+        # RGB input adapter (digits 1x8x8 -> 3x32x32) is evaluated on its adapted test images,
+        # corrupted at the model's input size.
+        adapter = None if ck.input.identity else ck.input
+        pre_adapted = False
+        if (
+            generate
+            and clean_data is not None
+            and adapter is not None
+            and clean_data[0].shape[1] != 3
+            and adapter.target_shape[0] == 3
+        ):
+            clean_data = (adapter(clean_data[0]), clean_data[1])
+            clean_info = {**(clean_info or {}), "adapted_before_corrupting": adapter.to_dict()}
+            adapter, pre_adapted = None, True
         if official is not None:
             source: OfficialSource | GeneratedSource = official
         else:
@@ -1195,7 +1210,7 @@ def run_eval_c(
             source = GeneratedSource(
                 clean_data[0], clean_data[1], seed=seed, device=dev, clean_info=clean_info
             )
-        _check_compatible(ck, source)
+        _check_compatible(ck, source, shape_checked=not pre_adapted)
         tally = evaluate_corruptions(
             ck.model,
             source,
@@ -1210,7 +1225,7 @@ def run_eval_c(
             precision=prec,
             channels_last=channels_last,
             fold=fold,
-            adapter=None if ck.input.identity else ck.input,
+            adapter=adapter,
             info=info,
             progress=progress,
         )
@@ -1260,9 +1275,11 @@ def _eval_precision(precision: str, device: torch.device) -> str:
     return resolve_precision(precision, device)
 
 
-def _check_compatible(ck: Any, source: OfficialSource | GeneratedSource) -> None:
+def _check_compatible(
+    ck: Any, source: OfficialSource | GeneratedSource, shape_checked: bool = True
+) -> None:
     """The corrupted images must fit the model's input adapter, the labels its classes."""
-    src = tuple(ck.input.source_shape)
+    src = tuple(ck.input.source_shape) if shape_checked else (0, 0, 0)
     if isinstance(source, OfficialSource):
         name = source.data.corruptions[0]
         shape = source.data.images(name, source.data.severities[0]).shape

@@ -36,6 +36,8 @@ def _root(
 def _register() -> None:
     # Each subcommand lives in its own module and registers itself on `app`.
     from robustcli.cli import (  # noqa: F401
+        attack,
+        compare,
         eval_c,
         explain,
         models,

@@ -1,0 +1,151 @@
+"""`robust compare` (side by side, deltas, gates for CI) and `robust quickstart`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from robustcli.cli import app
+from robustcli.cli._common import console, err_console, guarded
+from robustcli.errors import RobustError
+
+STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
+
+
+@app.command("compare")
+@guarded
+def compare_command(
+    results: list[Path] = typer.Argument(
+        ...,
+        help="Result files or folders: train run folders (result.json), eval-c JSONs, attack "
+        "output folders (attack.json).",
+        show_default=False,
+    ),
+    baseline: Path | None = typer.Option(
+        None, "--baseline", help="The reference result: deltas and max-drop gates against it."
+    ),
+    fmt: str = typer.Option(
+        "table", "--format", "-f", help="table, markdown, csv or json (to stdout)."
+    ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Grouped bar plot of the percent metrics (.png, .svg, .pdf)."
+    ),
+    max_drop: list[str] = typer.Option(
+        [],
+        "--max-drop",
+        help="METRIC=POINTS: at most this much worse than the baseline "
+        "(repeatable; METRIC may be a pattern such as 'corruption:*').",
+    ),
+    minimum: list[str] = typer.Option([], "--min", help="METRIC=VALUE: a floor (repeatable)."),
+    maximum: list[str] = typer.Option([], "--max", help="METRIC=VALUE: a ceiling (repeatable)."),
+    gates: Path | None = typer.Option(None, "--gates", help="YAML file of gate rules."),
+    summary: Path | None = typer.Option(
+        None,
+        "--summary",
+        help="Append a Markdown summary (verdict + table) to this file, e.g. "
+        '"$GITHUB_STEP_SUMMARY".',
+    ),
+    github_summary: bool = typer.Option(
+        False,
+        "--github-summary",
+        help=f"Also append the summary to ${STEP_SUMMARY_ENV} (when that variable is set).",
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --plot file."),
+) -> None:
+    """Results of train, eval-c and attack side by side; gate regressions for CI.
+
+    Rows are metrics (clean_acc, corruption:<name>, group:<name>, corruptions_acc,
+    attack:<attack>:robust_acc@<eps>, ...; docs/results-schema.md), columns are models. Best
+    per row in bold, second best underlined. Exit codes: 0 pass, 1 a gate was violated (one
+    line per violation on stderr), 2 bad input.
+
+    Example (CI):
+      robust compare new.json --baseline baseline/eval-c.json --gates gates.yaml \\
+          --max-drop 'corruption:*=2' --min clean_acc=80 --summary "$GITHUB_STEP_SUMMARY"
+    """
+    from robustcli.compare import (
+        LEGEND,
+        compare,
+        comparison_frame,
+        plot_comparison,
+        render_comparison,
+        save_plot,
+        write_text,
+    )
+    from robustcli.gates import collect_rules, evaluate_gates, markdown_summary
+    from robustcli.render import FORMATS, to_markdown
+
+    if fmt not in FORMATS:
+        raise RobustError(f"unknown --format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    rules = collect_rules(max_drop=max_drop, minimum=minimum, maximum=maximum, gates_file=gates)
+    if plot is not None:
+        from robustcli.io import check_output
+
+        check_output(plot, force)
+    cmp = compare(results, baseline=baseline)
+    report = evaluate_gates(cmp.values, rules, baseline=cmp.baseline) if rules else None
+
+    text = render_comparison(cmp, fmt, console=console)
+    if text is not None:
+        typer.echo(text, nl=False)
+    elif fmt == "table":
+        console.print(LEGEND, style="dim", highlight=False)
+
+    if plot is not None:
+        path = save_plot(plot_comparison(cmp), plot, force=force)
+        err_console.print(f"plot: {path}", highlight=False)
+
+    targets = [summary] if summary is not None else []
+    env_summary = os.environ.get(STEP_SUMMARY_ENV)
+    if github_summary and env_summary and Path(env_summary) not in targets:
+        targets.append(Path(env_summary))
+    if targets:
+        title = "robust compare" + (f" vs {cmp.baseline}" if cmp.baseline else "")
+        table_md = to_markdown(comparison_frame(cmp, "markdown")) + "\n" + LEGEND + "\n"
+        md = markdown_summary(table_md, report, title)
+        for t in targets:
+            write_text(t, md, append=True)
+
+    if report is not None:
+        for line in report.lines():
+            err_console.print(f"[bold red]gate:[/] {line}", highlight=False, soft_wrap=True)
+        if report.passed:
+            err_console.print(
+                f"gates passed: {len(report.rules)} rules, {report.checked} checks",
+                highlight=False,
+            )
+        raise typer.Exit(code=report.exit_code)
+
+
+@app.command("quickstart")
+@guarded
+def quickstart_command(
+    out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Output folder."),
+    force: bool = typer.Option(False, "--force", help="Reuse an existing, non-empty --out."),
+    fast: bool = typer.Option(
+        False, "--fast", help="Smoke-test size (1 epoch, few images): seconds, not minutes."
+    ),
+) -> None:
+    """The whole story offline, in a few minutes on 2 CPU cores.
+
+    Trains resnet20 and pp-resnet20 on the embedded digits (3 epochs), evaluates both on
+    generated corruptions (15 common, severities 1,3,5, all 364 test images), attacks both
+    (ddn 20 steps + contrast, 100 test images) and prints the comparison. Everything lands
+    under --out: run folders, eval-c JSONs, attack/, compare.md, compare.csv, compare.png.
+    """
+    from robustcli.compare import LEGEND, render_comparison
+    from robustcli.quickstart import quickstart
+
+    def log(msg: str) -> None:
+        err_console.print(f"[dim]quickstart:[/] {msg}", highlight=False)
+
+    result = quickstart(out, force=force, fast=fast, log=log)
+    render_comparison(result.comparison, "table", console=console)
+    console.print(LEGEND, style="dim", highlight=False)
+    console.print(
+        f"done in {result.seconds['total']:.0f} s; outputs under {result.out} "
+        f"(compare.md, compare.csv, compare.png)",
+        highlight=False,
+    )
