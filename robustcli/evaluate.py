@@ -36,9 +36,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import difflib
-import hashlib
 import json
-import math
 import os
 import platform
 import sys
@@ -57,7 +55,7 @@ from torch import nn
 
 from robustcli.corruptions import COMMON, CORRUPTIONS, GROUPS, SEVERITIES, corrupt
 from robustcli.errors import CheckpointError, DataError, RobustError
-from robustcli.io import atomic_write, atomic_write_json, check_output
+from robustcli.io import atomic_write, atomic_write_json, check_output, file_sha256, strict_json
 from robustcli.layers.attention import SimAM, SqueezeExcitation
 from robustcli.layers.multiscale import MultiScalePushPull
 from robustcli.layers.pushpull import PushPullConv2d, pull_kernel
@@ -195,14 +193,6 @@ def resolve_checkpoint(
         f"{name} is neither a checkpoint file or run folder nor a registered model{did}: check "
         "the path, or run `robust models` for the names"
     )
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -994,20 +984,7 @@ def eval_c_document(
             "clean_acc": baseline.get("clean_acc"),
             **corruption_errors(doc, baseline),
         }
-    return _strict(doc)
-
-
-def _strict(obj: Any) -> Any:
-    """JSON without NaN/inf (-> null) and without numpy scalars."""
-    if isinstance(obj, Mapping):
-        return {str(k): _strict(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+    return strict_json(doc)
 
 
 def corruption_table(doc: Mapping[str, Any]) -> pd.DataFrame:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import difflib
-import hashlib
 import io
 import json
 import math
@@ -43,7 +42,7 @@ from torch import nn
 
 from robustcli.data import InputAdapter
 from robustcli.errors import CheckpointError, DataError, OutputExistsError, RobustError
-from robustcli.io import atomic_write_bytes, atomic_write_json
+from robustcli.io import atomic_write_bytes, atomic_write_json, file_sha256, strict_json
 
 SCHEMA = "robustcli-result"
 SCHEMA_VERSION = 1
@@ -710,14 +709,6 @@ class ExplainModel:
         }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _checkpoint_model(path: Path) -> ExplainModel:
     from robustcli.checkpoint import load_checkpoint
 
@@ -742,7 +733,7 @@ def _checkpoint_model(path: Path) -> ExplainModel:
         std=tuple(ckpt.std),
         input_shape=shape,  # type: ignore[arg-type]
         dataset=ckpt.dataset or None,
-        sha256=_sha256(source),
+        sha256=file_sha256(source),
         adapter=ckpt.input if min(ckpt.input.target_shape[1:]) > 0 else None,
         meta=dict(ckpt.meta),
     )
@@ -1181,17 +1172,7 @@ def localization_report(
     return frame, doc, fig
 
 
-def jsonable(obj: Any) -> Any:
-    """Strict JSON: non-finite floats -> None, numpy / torch scalars -> Python."""
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+jsonable = strict_json  # the public name this module has always had
 
 
 def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -15,7 +15,6 @@ budget, or a repeat that did not reach the sample); the parallel ``status`` list
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import math
 import os
 import platform
@@ -29,7 +28,7 @@ import pandas as pd
 
 from robustcli.attacks.metrics import summary_frame
 from robustcli.attacks.runner import AttackOutcome
-from robustcli.io import atomic_write, atomic_write_json, check_output
+from robustcli.io import atomic_write, atomic_write_json, check_output, strict_json
 
 SCHEMA = "robustcli-result"
 SCHEMA_VERSION = 1
@@ -57,14 +56,6 @@ def check_outputs(out_dir: str | os.PathLike[str], force: bool) -> dict[str, Pat
     return paths
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def environment() -> dict[str, Any]:
     """Versions and host facts for provenance."""
     import foolbox
@@ -81,23 +72,6 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),
     }
-
-
-def _json_float(v: float) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
-def _clean(obj: Any) -> Any:
-    """Make ``obj`` strict JSON: non-finite floats -> None, numpy scalars -> Python."""
-    if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return _json_float(obj)
-    return obj
 
 
 def outcome_record(o: AttackOutcome) -> dict[str, Any]:
@@ -202,7 +176,7 @@ def attack_document(
         "branch_transfer": dict(branch_transfer or {}),
         "outcomes": [outcome_record(o) for o in outcomes],
     }
-    return _clean(doc)
+    return strict_json(doc)
 
 
 def write_attack_outputs(
