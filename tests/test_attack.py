@@ -32,9 +32,10 @@ from robustcli.attacks import (
     summary_frame,
     worst_case,
 )
-from robustcli.attacks.results import attack_document, file_sha256
+from robustcli.attacks.results import attack_document
 from robustcli.data import load_dataset
 from robustcli.errors import RobustError
+from robustcli.io import file_sha256
 from robustcli.layers.topdown import GaussianPyramid
 
 MEAN, STD = (0.3,), (0.37,)

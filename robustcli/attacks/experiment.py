@@ -26,7 +26,6 @@ from robustcli.attacks.registry import attack_params
 from robustcli.attacks.results import (
     attack_document,
     check_outputs,
-    file_sha256,
     output_paths,
     write_attack_outputs,
 )
@@ -39,6 +38,7 @@ from robustcli.attacks.runner import (
 )
 from robustcli.attacks.target import BRANCHES, AttackTarget, is_topdown
 from robustcli.errors import DataError, RobustError
+from robustcli.io import file_sha256
 
 #: Foolbox's bundled sample sets (``foolbox/data/<set>_<index>_<label>.png``, 20 each: the first
 #: 20 test images of each dataset) for the datasets of model_zoo.yaml.
