@@ -45,7 +45,7 @@ FAST = {
     "gaussian": {"ratio": 1.25, "refine": 1},
     "uniform": {"ratio": 1.25, "refine": 1},
     "salt-pepper": {"steps": 60},
-    "pointwise": {"init_steps": 60, "l2_binary_search": False},
+    "pointwise": {"init_steps": 60, "l2_binary_search": False},  # the search: test below
     "blur": {"steps": 60},
     "contrast": {"binary_search_steps": 8},
     "blended": {"directions": 50, "steps": 60},
@@ -211,20 +211,59 @@ def test_blur_search_equals_foolbox_blur_with_fewer_model_calls(bu, sample):
     assert ours.model_images < budget.images
 
 
-def test_pointwise_result_is_pointwise_minimal(bu, sample):
-    """After the reset passes, putting any single perturbed value back to the clean one makes the
-    image correctly classified again (the defining property of the Pointwise attack)."""
+@pytest.mark.parametrize("search", [False, True])
+def test_pointwise_search_equals_foolbox_pointwise(bu, sample, search, monkeypatch):
+    """Same start and same pixel order (identity instead of random): PointwiseSearch returns
+    exactly Foolbox's PointwiseAttack result, with fewer images through the model."""
+    import foolbox as fb
+
+    from robustcli.attacks.methods import PointwiseSearch
+    from robustcli.attacks.target import BatchContext, Budget
+
+    monkeypatch.setattr(np.random, "permutation", lambda a: np.asarray(a))
     x, y = sample
+    target = AttackTarget(bu, MEAN, STD)
+    ok = _predict(bu, x) == y
+    x, y = x[ok], y[ok]
+    torch.manual_seed(0)
+    init = fb.attacks.SaltAndPepperNoiseAttack(steps=100)
+    start = init.run(target.fmodel(), x, fb.criteria.Misclassification(y))
+    good = _predict(bu, start) != y
+    x, y, start = x[good], y[good], start[good]
+    theirs_budget, ours_budget = Budget(), Budget()
+    theirs = fb.attacks.PointwiseAttack(l2_binary_search=search).run(
+        target.fmodel(budget=theirs_budget),
+        x,
+        fb.criteria.Misclassification(y),
+        starting_points=start,
+    )
+    method = PointwiseSearch(init_steps=1, l2_binary_search=search)
+    monkeypatch.setattr(method.init, "run", lambda *args, **kwargs: start)
+    ours = method.run(BatchContext(target, x, ours_budget), x, y)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert ours_budget.images < theirs_budget.images
+
+
+@pytest.mark.parametrize("search", [False, True])
+def test_pointwise_result_is_pointwise_minimal(bu, sample, search):
+    """After the reset passes (and the binary-search passes), putting any single perturbed value
+    back to the clean one makes the image correctly classified again (the defining property of
+    the Pointwise attack), and every reported adversarial is verified and measured."""
+    x, y = sample
+    x, y = (x, y) if not search else (x[:6], y[:6])
     out = run_attack(
         AttackTarget(bu, MEAN, STD),
         "pointwise",
         x,
         y,
-        params={"init_steps": 60, "l2_binary_search": False},
+        params={"init_steps": 200, "l2_binary_search": search},
         repeats=1,
     )
     fooled = np.flatnonzero(out.status == "adversarial")
     assert len(fooled)
+    measured = (out.adversarials.double() - x.double()).flatten(1).norm(dim=1).numpy()
+    np.testing.assert_allclose(out.distances[fooled], measured[fooled], rtol=1e-6)
+    assert (_predict(bu, out.adversarials[fooled]) != y[fooled]).all()
     for i in fooled:
         adv, clean = out.adversarials[i].flatten(), x[i].flatten()
         where = torch.nonzero((adv - clean).abs() > 1e-8).flatten()

@@ -227,8 +227,14 @@ class PointwiseSearch(AttackMethod):
         self.l2_binary_search = bool(l2_binary_search)
 
     @staticmethod
-    def _orders(diff: torch.Tensor, rows: torch.Tensor) -> list[np.ndarray]:
-        return [np.random.permutation(np.flatnonzero(diff[r].cpu().numpy())) for r in rows]
+    def _orders(diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row, its differing positions in random order: ``(lengths, padded order matrix)``."""
+        orders = [np.random.permutation(np.flatnonzero(d)) for d in diff.cpu().numpy()]
+        lengths = np.array([len(o) for o in orders], dtype=np.int64)
+        padded = np.zeros((len(orders), int(lengths.max(initial=0))), dtype=np.int64)
+        for r, o in enumerate(orders):
+            padded[r, : len(o)] = o
+        return torch.from_numpy(lengths).to(diff.device), torch.from_numpy(padded).to(diff.device)
 
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         start = _raw(self.init.run(ctx.fmodel(), x, fb.criteria.Misclassification(y)))
@@ -248,12 +254,11 @@ class PointwiseSearch(AttackMethod):
         def passes(tol: float, search: bool) -> None:
             active = torch.arange(len(rows), device=x.device)
             while len(active):
-                orders = self._orders((af - xf).abs() > tol, active)
+                lengths, order = self._orders((af[active] - xf[active]).abs() > tol)
                 changed = torch.zeros(len(active), dtype=torch.bool, device=x.device)
-                for i in range(max((len(o) for o in orders), default=0)):
-                    sel = torch.tensor([len(o) > i for o in orders], device=x.device)
-                    rel = active[sel]
-                    idx = torch.tensor([int(o[i]) for o in orders if len(o) > i], device=x.device)
+                for i in range(order.shape[1]):
+                    sel = lengths > i
+                    rel, idx = active[sel], order[sel, i]
                     old, new = af[rel, idx], xf[rel, idx]
                     af[rel, idx] = new
                     adv = fooled(rel)

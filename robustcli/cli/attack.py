@@ -12,6 +12,8 @@ from robustcli.cli import app
 from robustcli.cli._common import console, err_console, guarded
 from robustcli.errors import RobustError
 
+DEFAULT_EXAMPLES = 1000
+
 if TYPE_CHECKING:
     from robustcli.attacks.experiment import AttackRun
 
@@ -112,8 +114,8 @@ def attack_command(
         None,
         "--n-examples",
         "-n",
-        help="Test images to attack, drawn at random (seeded) from the split. Default: all of it "
-        "(20 for the built-in Foolbox samples).",
+        help="Test images to attack, drawn at random (seeded) from the split. Default: 1000 "
+        "(all 20 of the built-in Foolbox samples); paper B attacked whole test sets.",
     ),
     repeats: int = typer.Option(
         3, "--repeats", help="Runs of each stochastic attack; each sample keeps its smallest L2."
@@ -226,6 +228,8 @@ def attack_command(
                 "the numbers say nothing about the architecture's robustness",
                 highlight=False,
             )
+    if n_examples is None and (dataset is not None or data_dir is not None):
+        n_examples = DEFAULT_EXAMPLES
     data = load_attack_data(
         first, dataset=dataset, data_dir=data_dir, n_examples=n_examples, seed=seed
     )
