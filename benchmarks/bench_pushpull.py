@@ -7,6 +7,10 @@ MSPP layer <= 4x.
 
     python benchmarks/bench_pushpull.py                 # batch 128, 16 channels, 32x32
     python benchmarks/bench_pushpull.py --steps-only    # whole training steps only
+
+"auto" rows are the layers' default: the fused CPU kernel of robustcli/layers/fused.py (the
+first line printed says whether it compiled). Timings are medians; on a shared machine repeat the
+run and compare the ratios, which are measured side by side.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from robustcli.layers import fused
 from robustcli.layers.attention import SqueezeExcitation
 from robustcli.layers.multiscale import MultiScalePushPull
 from robustcli.layers.pushpull import PushPullConv2d
@@ -55,18 +60,28 @@ def bench_layers(batch: int, channels: int, size: int, repeats: int) -> None:
         x.requires_grad_(True)
         candidates: dict[str, nn.Module] = {
             "conv3x3": nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
-            "PP relu (dense pull)": PushPullConv2d(channels, channels, rectify="relu"),
+            "PP relu (auto: fused kernel)": PushPullConv2d(channels, channels, rectify="relu"),
+            "PP relu (dense pull)": PushPullConv2d(
+                channels, channels, rectify="relu", pull_impl="dense"
+            ),
             "PP relu (separable pull)": PushPullConv2d(
                 channels, channels, rectify="relu", pull_impl="separable"
             ),
             "PP linear (folded kernel)": PushPullConv2d(channels, channels, rectify="none"),
-            "PP attn SE": PushPullConv2d(
+            "PP attn SE (auto: fused)": PushPullConv2d(
+                channels, channels, rectify="none", attention=SqueezeExcitation(channels)
+            ),
+            "PP attn SE (dense)": PushPullConv2d(
                 channels,
                 channels,
                 rectify="none",
                 attention=SqueezeExcitation(channels),
+                pull_impl="dense",
             ),
-            "MSPP 2 scales (dense)": MultiScalePushPull(channels, channels, scales=(2, 3)),
+            "MSPP 2 scales (auto: fused)": MultiScalePushPull(channels, channels, scales=(2, 3)),
+            "MSPP 2 scales (dense)": MultiScalePushPull(
+                channels, channels, scales=(2, 3), pull_impl="dense"
+            ),
             "MSPP 2 scales (separable)": MultiScalePushPull(
                 channels, channels, scales=(2, 3), pull_impl="separable"
             ),
@@ -82,9 +97,9 @@ def bench_layers(batch: int, channels: int, size: int, repeats: int) -> None:
         f"{torch.get_num_threads()} threads (median of {repeats})"
     )
     print(f"reference: plain conv3x3 in its fastest layout = {ref * 1e3:.1f} ms")
-    print(f"{'layer':32s} {'layout':14s} {'ms':>8s} {'x conv':>7s}")
+    print(f"{'layer':34s} {'layout':14s} {'ms':>8s} {'x conv':>7s}")
     for name, layout, t in rows:
-        print(f"{name:32s} {layout:14s} {t * 1e3:8.1f} {t / ref:7.2f}")
+        print(f"{name:34s} {layout:14s} {t * 1e3:8.1f} {t / ref:7.2f}")
 
 
 def bench_steps(batch: int, repeats: int) -> None:
@@ -92,15 +107,18 @@ def bench_steps(batch: int, repeats: int) -> None:
     y = torch.randint(0, 10, (batch,))
     loss_fn = nn.CrossEntropyLoss()
     results = {}
-    for name in (
-        "resnet20",
-        "pp-resnet20",
-        "ppattn-resnet20",
-        "ppattn-gelu-resnet20",
-        "mspp-resnet20",
+    dense = {"pp": {"pull_impl": "dense"}}
+    for label, name, overrides in (
+        ("resnet20", "resnet20", {}),
+        ("pp-resnet20", "pp-resnet20", {}),
+        ("pp-resnet20 (dense pull)", "pp-resnet20", dense),
+        ("ppattn-resnet20", "ppattn-resnet20", {}),
+        ("ppattn-gelu-resnet20", "ppattn-gelu-resnet20", {}),
+        ("mspp-resnet20", "mspp-resnet20", {}),
+        ("mspp-resnet20 (dense pull)", "mspp-resnet20", dense),
     ):
         torch.manual_seed(0)
-        model = create_model(name).to(memory_format=torch.channels_last).train()
+        model = create_model(name, **overrides).to(memory_format=torch.channels_last).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
         def step(model: nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
@@ -108,12 +126,12 @@ def bench_steps(batch: int, repeats: int) -> None:
             loss_fn(model(x), y).backward()
             opt.step()
 
-        results[name] = timeit(step, repeats)
+        results[label] = timeit(step, repeats)
     ref = results["resnet20"]
     print(f"\nTraining step (forward+backward+SGD), batch {batch}, 3x32x32, channels_last")
-    print(f"{'model':24s} {'ms':>8s} {'img/s':>8s} {'x resnet20':>10s}")
+    print(f"{'model':28s} {'ms':>8s} {'img/s':>8s} {'x resnet20':>10s}")
     for name, t in results.items():
-        print(f"{name:24s} {t * 1e3:8.1f} {batch / t:8.0f} {t / ref:10.2f}")
+        print(f"{name:28s} {t * 1e3:8.1f} {batch / t:8.0f} {t / ref:10.2f}")
 
 
 def main() -> None:
@@ -126,6 +144,7 @@ def main() -> None:
     parser.add_argument("--layers-only", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
+    print(fused.kernel_status())
     if not args.steps_only:
         bench_layers(args.batch, args.channels, args.size, args.repeats)
     if not args.layers_only:

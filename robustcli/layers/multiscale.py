@@ -18,8 +18,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from robustcli.layers import fused
 from robustcli.layers.attention import make_attention
-from robustcli.layers.pushpull import PullResponse
+from robustcli.layers.pushpull import PullResponse, use_fused
 
 DEFAULT_SCALES: tuple[float, ...] = (2.0, 3.0)
 
@@ -41,13 +42,13 @@ class MultiScalePushPull(nn.Module):
         attention: str = "se",
         reduction: int = 4,
         fusion_bias: bool = False,
-        pull_impl: str = "dense",
+        pull_impl: str = "auto",
     ) -> None:
         super().__init__()
         if not scales:
             raise ValueError("MultiScalePushPull needs at least one pull scale")
         self.scales = tuple(float(s) for s in scales)
-        self.kernel_size = kernel_size
+        self.kernel_size, self.pull_impl = kernel_size, pull_impl
         padding = kernel_size // 2 if padding is None else padding
         self.push = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
         if trainable_alpha:
@@ -66,9 +67,23 @@ class MultiScalePushPull(nn.Module):
         return self.alpha.clamp(min=0) if isinstance(self.alpha, nn.Parameter) else self.alpha
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        push = self.push(x)
         alpha = self.effective_alpha()
-        parts = [push] + [push - alpha * pull(x, self.push.weight) for pull in self.pulls]
+        if use_fused(self.pull_impl, x):
+            # push and every scale from one kernel call; it returns X*up_s(K) = -U_q^s
+            push, *qs = fused.pushpull_responses(
+                x,
+                self.push.weight,
+                [pull.basis for pull in self.pulls],
+                self.push.stride[0],
+                self.push.padding[0],
+            )
+            if self.push.bias is not None:
+                push = push + self.push.bias.reshape(1, -1, 1, 1)
+            push, qs = fused.like_input(push, x), [fused.like_input(q, x) for q in qs]
+            parts = [push] + [push + alpha * q for q in qs]
+        else:
+            push = self.push(x)
+            parts = [push] + [push - alpha * pull(x, self.push.weight) for pull in self.pulls]
         u = torch.cat(parts, dim=1)
         if self.attention is not None:
             u = self.attention(u)

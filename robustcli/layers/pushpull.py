@@ -7,6 +7,9 @@ odd size ``s >= floor(k*h)`` and negated. Bilinear resizing is separable: ``up(K
 filters ``A[:, a] A[:, b]^T``. That costs about one extra 3x3 convolution plus a cheap depthwise
 pre-filter instead of a dense ``s x s`` convolution (5.4x the multiply-adds at k=3, h=2).
 ``pull_response_direct`` keeps the literal definition for tests and benchmarks.
+
+On CPU the layers use the fused kernel of ``fused.py`` by default (``pull_impl="auto"``), which
+computes the push and every pull scale from one channel-mixing GEMM plus fixed stencils.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from robustcli.layers import fused
+
+PULL_IMPLS = ("auto", "dense", "separable", "fused")
 
 RECTIFIERS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
     "relu": F.relu,
@@ -92,11 +99,29 @@ def pull_response_direct(
     return F.conv2d(x, kernel, stride=stride, padding=pad)
 
 
+def use_fused(impl: str, x: torch.Tensor) -> bool:
+    """Whether a push-pull layer with ``pull_impl=impl`` computes ``x`` with the fused kernel.
+
+    ``"auto"`` picks it on CPU for float32/float64 inputs outside ``torch.compile`` and outside
+    bf16/fp16 autocast (where the low-precision oneDNN convolutions are faster); ``"fused"``
+    asks for it wherever the kernel is available. Everything else falls back to the dense pull.
+    """
+    if impl not in ("auto", "fused") or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    if impl == "auto" and torch.is_autocast_enabled(x.device.type):
+        return False
+    return fused.available(x)
+
+
 class PullResponse(nn.Module):
     """Computes ``U_q = X * (-up_h(K))`` for push weights ``K`` given at call time.
 
     ``impl="dense"`` convolves with the resized kernel (the definition); ``impl="separable"``
     uses the bilinear factorisation (``PullPrefilter`` then a 1x1 convolution with ``K``).
+    ``"auto"`` and ``"fused"`` compute a lone pull densely: the fused kernel is used by the
+    layers, which compute push and pull together (``basis`` is the bilinear matrix it needs).
     """
 
     def __init__(
@@ -109,10 +134,12 @@ class PullResponse(nn.Module):
         impl: str = "dense",
     ) -> None:
         super().__init__()
-        if impl not in ("dense", "separable"):
-            raise ValueError(f"pull_impl must be 'dense' or 'separable', got {impl!r}")
+        if impl not in PULL_IMPLS:
+            raise ValueError(f"pull_impl must be one of {', '.join(PULL_IMPLS)}, got {impl!r}")
         self.scale, self.stride, self.padding, self.impl = scale, stride, padding, impl
         self.size = pull_kernel_size(kernel_size, scale)
+        # float64 and not a buffer: module dtype casts must not round 1/3 to float32
+        self.basis = bilinear_matrix(kernel_size, self.size)
         self.prefilter = (
             PullPrefilter(in_channels, kernel_size, scale, stride, padding)
             if impl == "separable"
@@ -137,10 +164,13 @@ class PushPullConv2d(nn.Module):
         scale: pull kernel scale ``h`` (2 gives a 7x7 pull kernel for a 3x3 push kernel).
         attention: an optional module applied to the push response before subtracting the pull
             (paper A, eq. 2: ``U = attn(U_p) - alpha*U_q``).
-        pull_impl: "dense" computes the pull with one s x s convolution of the resized kernel
-            (the definition; fastest on CPU in eager PyTorch, see benchmarks/bench_pushpull.py);
-            "separable" uses the bilinear factorisation (a fixed depthwise pre-filter and a 1x1
-            convolution with the push weights). Both are tested equal to the definition.
+        pull_impl: "auto" (default) uses the fused CPU kernel (``fused.py``: push and pull from
+            one GEMM plus fixed stencils) where ``use_fused`` allows it and the dense pull
+            elsewhere (GPU, autocast, torch.compile); "dense" computes the pull with one s x s
+            convolution of the resized kernel (the definition); "separable" uses the bilinear
+            factorisation (a fixed depthwise pre-filter and a 1x1 convolution with the push
+            weights); "fused" asks for the kernel wherever it is available. All are tested equal
+            to the definition (see benchmarks/bench_pushpull.py for their cost).
     """
 
     def __init__(
@@ -156,7 +186,7 @@ class PushPullConv2d(nn.Module):
         trainable_alpha: bool = False,
         scale: float = 2.0,
         attention: nn.Module | None = None,
-        pull_impl: str = "dense",
+        pull_impl: str = "auto",
     ) -> None:
         super().__init__()
         if rectify not in RECTIFIERS:
@@ -198,12 +228,31 @@ class PushPullConv2d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.rectify == "none" and self.attention is None and self.pull_impl == "dense":
+        linear = self.rectify == "none" and self.attention is None
+        if linear and self.pull_impl in ("auto", "dense"):
             # Linear push-pull is one convolution with a tied kernel: compute it as such.
             pad = self.pull_size // 2 - self.kernel_size // 2 + self.padding
             return F.conv2d(x, self.folded_kernel(), self.push.bias, self.stride, pad)
-        push = self.push(x)
-        pull = self.pull_response(x)
+        if use_fused(self.pull_impl, x):
+            return fused.like_input(self._forward_fused(x), x)
+        return self._combine(self.push(x), self.pull_response(x))
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        w, bias = self.push.weight, self.push.bias
+        if (
+            self.rectify == "relu"
+            and self.attention is None
+            and bias is None
+            and fused.fast_geometry(self.kernel_size, self.stride, self.padding)
+        ):
+            return fused.pushpull_relu(x, w, self.pull.basis, self.effective_alpha())
+        push, q = fused.pushpull_responses(x, w, [self.pull.basis], self.stride, self.padding)
+        if bias is not None:
+            push = push + bias.reshape(1, -1, 1, 1)
+        return self._combine(push, -q)
+
+    def _combine(self, push: torch.Tensor, pull: torch.Tensor) -> torch.Tensor:
+        """``rect(push)`` (through the attention) minus ``alpha * rect(pull)``."""
         rect = RECTIFIERS[self.rectify]
         if rect is not None:
             push, pull = rect(push), rect(pull)

@@ -60,7 +60,8 @@ def conv_factory(pp: Mapping[str, Any] | None) -> ConvFactory:
     Keys of ``pp``: ``layer`` ("pushpull" or "mspp"), ``placement`` ("block1" or "all"),
     ``rectify`` ("relu", "gelu", "none"), ``attention`` ("none", "se", "simam"),
     ``reduction`` (SE reduction, 4), ``scale`` (h, 2), ``scales`` (MSPP, (2, 3)), ``alpha`` (1),
-    ``trainable_alpha`` (False), ``pull_impl`` ("dense" or "separable").
+    ``trainable_alpha`` (False), ``pull_impl`` ("auto", "dense", "separable" or "fused"; see
+    ``PushPullConv2d``; it changes speed, not results).
     Only convolutions with a spatial kernel (k > 1) become push-pull layers.
     """
     if not pp:
@@ -86,7 +87,7 @@ def conv_factory(pp: Mapping[str, Any] | None) -> ConvFactory:
             bias=spec.bias,
             alpha=float(pp.get("alpha", 1.0)),
             trainable_alpha=bool(pp.get("trainable_alpha", False)),
-            pull_impl=pp.get("pull_impl", "dense"),
+            pull_impl=pp.get("pull_impl", "auto"),
         )
         if layer == "mspp":
             return MultiScalePushPull(

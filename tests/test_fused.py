@@ -1,0 +1,179 @@
+"""The fused CPU push-pull kernel equals the definition, forward and backward.
+
+The references are the literal definitions: ``F.conv2d`` with the push kernel and with the
+bilinear-resized pull kernel (``pull_response_direct``), in float64. The kernel is compiled on
+first use; where that is impossible (no compiler) these tests are skipped and the layers fall
+back to the dense pull (tested in test_layers.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robustcli.layers import fused
+from robustcli.layers.attention import SqueezeExcitation
+from robustcli.layers.multiscale import MultiScalePushPull
+from robustcli.layers.pushpull import (
+    PushPullConv2d,
+    bilinear_matrix,
+    pull_kernel_size,
+    pull_response_direct,
+    use_fused,
+)
+
+pytestmark = pytest.mark.skipif(
+    not fused.available(torch.zeros(1)), reason=f"fused kernel unavailable: {fused.kernel_status()}"
+)
+
+
+def _definition(x, w, scales, stride, padding):
+    return [F.conv2d(x, w, stride=stride, padding=padding)] + [
+        -pull_response_direct(x, w, h, stride, padding) for h in scales
+    ]
+
+
+def _bases(k, scales):
+    return [bilinear_matrix(k, pull_kernel_size(k, h)) for h in scales]
+
+
+# (N, C, O, H, W, k, stride, padding, scales): the fast path (stride 1, same padding) at sizes
+# that exercise full and partial bands and odd widths, and the generic path.
+CASES = [
+    (3, 5, 7, 9, 9, 3, 1, 1, (2.0,)),
+    (2, 4, 6, 32, 32, 3, 1, 1, (2.0, 3.0)),
+    (2, 3, 4, 13, 7, 3, 1, 1, (2.0, 3.0)),
+    (2, 2, 3, 11, 12, 5, 1, 2, (2.0,)),
+    (2, 4, 6, 11, 11, 3, 2, 1, (2.0, 3.0)),
+    (2, 3, 3, 8, 8, 3, 1, 0, (2.0,)),
+    (2, 4, 5, 10, 9, 3, 2, 2, (3.0,)),
+]
+
+
+@pytest.mark.parametrize(("n", "c", "o", "h", "w", "k", "stride", "padding", "scales"), CASES)
+def test_responses_equal_definition(n, c, o, h, w, k, stride, padding, scales):
+    torch.manual_seed(0)
+    x = torch.randn(n, c, h, w, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(o, c, k, k, dtype=torch.float64, requires_grad=True)
+    got = fused.pushpull_responses(x, weight, _bases(k, scales), stride, padding)
+    want = _definition(x, weight, scales, stride, padding)
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # backward: the same random cotangents through both
+    cot = [torch.randn_like(t) for t in want]
+    g_got = torch.autograd.grad(
+        sum((a * u).sum() for a, u in zip(got, cot, strict=True)), (x, weight)
+    )
+    g_want = torch.autograd.grad(
+        sum((b * u).sum() for b, u in zip(want, cot, strict=True)), (x, weight)
+    )
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
+def test_responses_gradcheck_with_an_unused_output():
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    bases = _bases(3, (2.0, 3.0))
+    # only the second pull is used: the other gradients arrive as None
+    assert torch.autograd.gradcheck(
+        lambda x, w: fused.pushpull_responses(x, w, bases, 1, 1)[2], (x, w)
+    )
+
+
+@pytest.mark.parametrize("alpha_shape", [(), (1, 5, 1, 1)])
+def test_fused_relu_equals_definition_and_gradcheck(alpha_shape):
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 8, 9, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    alpha = (torch.rand(alpha_shape, dtype=torch.float64) + 0.5).requires_grad_(True)
+    basis = bilinear_matrix(3, 7)
+    got = fused.pushpull_relu(x, w, basis, alpha)
+    push, pull = _definition(x, w, (2.0,), 1, 1)
+    torch.testing.assert_close(got, F.relu(push) - alpha * F.relu(-pull), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda x, w, a: fused.pushpull_relu(x, w, basis, a), (x, w, alpha)
+    )
+
+
+def test_float32_matches_float64():
+    torch.manual_seed(3)
+    x = torch.randn(4, 16, 32, 32, dtype=torch.float64)
+    w = torch.randn(16, 16, 3, 3, dtype=torch.float64) * 0.1
+    bases = _bases(3, (2.0,))
+    hi = fused.pushpull_responses(x, w, bases, 1, 1)
+    lo = fused.pushpull_responses(x.float(), w.float(), bases, 1, 1)
+    for a, b in zip(lo, hi, strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+
+
+LAYERS = {
+    "pp relu": lambda impl: PushPullConv2d(4, 6, pull_impl=impl),
+    "pp relu trainable alpha": lambda impl: PushPullConv2d(
+        4, 6, trainable_alpha=True, alpha=0.7, pull_impl=impl
+    ),
+    "pp relu bias stride 2": lambda impl: PushPullConv2d(4, 6, stride=2, bias=True, pull_impl=impl),
+    "pp gelu": lambda impl: PushPullConv2d(4, 6, rectify="gelu", pull_impl=impl),
+    "pp attn se": lambda impl: PushPullConv2d(
+        4, 6, rectify="none", attention=SqueezeExcitation(6), pull_impl=impl
+    ),
+    "mspp": lambda impl: MultiScalePushPull(4, 6, pull_impl=impl),
+    "mspp stride 2": lambda impl: MultiScalePushPull(4, 6, stride=2, pull_impl=impl),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_layers_auto_equal_dense(name):
+    """The default (auto: fused on CPU) and the dense definition agree in outputs and in the
+    gradients of the input and of every parameter."""
+    torch.manual_seed(4)
+    auto, dense = LAYERS[name]("auto").double(), LAYERS[name]("dense").double()
+    dense.load_state_dict(auto.state_dict())
+    x = torch.randn(2, 4, 9, 10, dtype=torch.float64, requires_grad=True)
+    assert use_fused("auto", x)
+    y_auto, y_dense = auto(x), dense(x)
+    torch.testing.assert_close(y_auto, y_dense, rtol=1e-12, atol=1e-12)
+    cot = torch.randn_like(y_dense)
+    g_auto = torch.autograd.grad(y_auto, [x, *auto.parameters()], cot)
+    g_dense = torch.autograd.grad(y_dense, [x, *dense.parameters()], cot)
+    for a, b in zip(g_auto, g_dense, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
+def test_channels_last_in_channels_last_out():
+    layer = PushPullConv2d(4, 6)
+    x = torch.randn(2, 4, 9, 9).contiguous(memory_format=torch.channels_last)
+    y = layer(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, layer(x.contiguous()))
+
+
+def test_auto_uses_dense_under_autocast_and_for_other_dtypes():
+    x = torch.randn(1, 2, 5, 5)
+    assert use_fused("auto", x) and use_fused("fused", x)
+    assert not use_fused("dense", x) and not use_fused("separable", x)
+    assert not use_fused("auto", x.half())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not use_fused("auto", x)
+        assert use_fused("fused", x)
+
+
+def test_kernel_can_be_disabled_by_environment():
+    code = (
+        "import torch; from robustcli.layers import fused; "
+        "print(fused.available(torch.zeros(1))); print(fused.kernel_status())"
+    )
+    env = dict(os.environ, ROBUSTCLI_PP_KERNEL="0")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[0] == "False"
+    assert "disabled by ROBUSTCLI_PP_KERNEL=0" in out[1]
