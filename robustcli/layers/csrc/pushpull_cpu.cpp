@@ -2,8 +2,8 @@
 //
 // For push weights K (O x C x k x k) and pull bases A_i (S_i x k, the bilinear resize matrices),
 // every image is processed in cache:
-//   M    = K' X                  one GEMM, K' = K reshaped to (k*k*O) x C: M[t][o] = sum_c K[o,c,t] X_c
-//   P    = sum_t shift_t(M_t)     the push X * K          (a fixed stencil over the k*k taps)
+//   M    = K' X                  one GEMM, K' = K reshaped to (k*k*O) x C: M[t][o] = sum_c K[o,c,t]
+//   X_c P    = sum_t shift_t(M_t)     the push X * K          (a fixed stencil over the k*k taps)
 //   Q_i  = sum_ab (A_i[:,a] A_i[:,b]^T) (*) M_ab          the pull X * up_i(K), separable stencil
 // The backward pass applies the transposed stencils to the incoming gradients (giving dL/dM),
 // then dL/dX = K'^T dL/dM and dL/dK' = sum_n dL/dM X^T: two more GEMMs. In total the GEMM work
@@ -16,7 +16,6 @@
 #include <cstring>
 #include <optional>
 #include <vector>
-
 
 namespace {
 
@@ -248,8 +247,8 @@ inline void gather(T* __restrict out, int64_t n, const Taps<T>& taps, int64_t sh
 
 // out[r][f0 .. f0 + NV*L) = sum_c W[r][c] X[c][..] for RB rows (NV vectors wide).
 template <typename T, int RB, int NV>
-__attribute__((always_inline)) inline void gemm_tile(const T* W, int64_t ldw, const T* X, int64_t ldx, T* out, int64_t ldo,
-                      int64_t K) {
+__attribute__((always_inline)) inline void gemm_tile(const T* W, int64_t ldw, const T* X,
+                                                     int64_t ldx, T* out, int64_t ldo, int64_t K) {
   using V = typename Simd<T>::v;
   constexpr int64_t L = Simd<T>::L;
   V acc[RB][NV] = {};
@@ -269,8 +268,8 @@ __attribute__((always_inline)) inline void gemm_tile(const T* W, int64_t ldw, co
 }
 
 template <typename T, int NV>
-__attribute__((noinline)) void gemm_strip(const T* W, int64_t ldw, const T* X, int64_t ldx, T* out, int64_t ldo,
-                       int64_t R, int64_t K) {
+__attribute__((noinline)) void gemm_strip(const T* W, int64_t ldw, const T* X, int64_t ldx, T* out,
+                                          int64_t ldo, int64_t R, int64_t K) {
   int64_t r = 0;
   for (; r + 4 <= R; r += 4) gemm_tile<T, 4, NV>(W + r * ldw, ldw, X, ldx, out + r * ldo, ldo, K);
   for (; r < R; ++r) gemm_tile<T, 1, NV>(W + r * ldw, ldw, X, ldx, out + r * ldo, ldo, K);
@@ -278,8 +277,8 @@ __attribute__((noinline)) void gemm_strip(const T* W, int64_t ldw, const T* X, i
 
 // out (R x F) = W (R x K) X (K x F), in column strips so a strip of X stays in L1.
 template <typename T>
-__attribute__((noinline)) void gemm_nn(const T* W, int64_t ldw, const T* X, int64_t ldx, T* out, int64_t ldo, int64_t R,
-             int64_t K, int64_t F) {
+__attribute__((noinline)) void gemm_nn(const T* W, int64_t ldw, const T* X, int64_t ldx, T* out,
+                                       int64_t ldo, int64_t R, int64_t K, int64_t F) {
   constexpr int64_t L = Simd<T>::L;
   int64_t f = 0;
   for (; f + 4 * L <= F; f += 4 * L) gemm_strip<T, 4>(W, ldw, X + f, ldx, out + f, ldo, R, K);
@@ -296,8 +295,9 @@ __attribute__((noinline)) void gemm_nn(const T* W, int64_t ldw, const T* X, int6
 // acc[r][c] (vectors of L partial sums) += sum_f A[r][f] B[c][f] for an RB x CB block; the
 // lanes are summed once at the end (gemm_nt_finish), not per band.
 template <typename T, int RB, int CB>
-__attribute__((always_inline)) inline void gemm_nt_block(const T* A, int64_t lda, const T* B, int64_t ldb, T* acc_out,
-                          int64_t ld_acc, int64_t F) {
+__attribute__((always_inline)) inline void gemm_nt_block(const T* A, int64_t lda, const T* B,
+                                                         int64_t ldb, T* acc_out, int64_t ld_acc,
+                                                         int64_t F) {
   using V = typename Simd<T>::v;
   constexpr int64_t L = Simd<T>::L;
   V acc[RB][CB] = {};
@@ -324,8 +324,8 @@ __attribute__((always_inline)) inline void gemm_nt_block(const T* A, int64_t lda
 
 // acc (R x C vectors of L lanes) += A (R x F) B^T, B being C x F.
 template <typename T>
-__attribute__((noinline)) void gemm_nt_acc(const T* A, int64_t lda, const T* B, int64_t ldb, T* acc, int64_t R, int64_t C,
-                 int64_t F) {
+__attribute__((noinline)) void gemm_nt_acc(const T* A, int64_t lda, const T* B, int64_t ldb, T* acc,
+                                           int64_t R, int64_t C, int64_t F) {
   constexpr int64_t L = Simd<T>::L;
   int64_t r = 0;
   for (; r + 4 <= R; r += 4) {
@@ -378,9 +378,9 @@ void compress_band(const T* src, T* dst, int64_t planes, int64_t hb, int64_t W, 
 // R: per scale k*O planes of (H + 2P) rows (pad rows zero); Rp: the same for the push.
 template <typename T>
 __attribute__((noinline)) void forward_band(const T* Mb, int64_t ldm, int64_t h0, int64_t hb,
-                  const std::vector<const T*>& A,
-                  const std::vector<int64_t>& S, T* Rp, T* R, const Geometry& g,
-                  const Padded& d) {
+                                            const std::vector<const T*>& A,
+                                            const std::vector<int64_t>& S, T* Rp, T* R,
+                                            const Geometry& g, const Padded& d) {
   const int64_t m = static_cast<int64_t>(A.size()), k = g.k;
   const int64_t rplane = (g.H + 2 * d.P) * d.Wp, rblock = k * g.O * rplane;
   const int64_t len = hb * d.Wp, lo = d.P, n = len - 2 * d.P;  // taps stay inside the band
@@ -406,9 +406,11 @@ __attribute__((noinline)) void forward_band(const T* Mb, int64_t ldm, int64_t h0
 
 // Forward, vertical pass, one output row at a time (writes the unpadded outputs P and Q_i).
 template <typename T>
-__attribute__((noinline)) void forward_vertical(const T* Rp, const T* R, const std::vector<const T*>& A,
-                      const std::vector<int64_t>& S, T* P, const std::vector<T*>& Q,
-                      const Geometry& g, const Padded& d) {
+__attribute__((noinline)) void forward_vertical(const T* Rp, const T* R,
+                                                const std::vector<const T*>& A,
+                                                const std::vector<int64_t>& S, T* P,
+                                                const std::vector<T*>& Q, const Geometry& g,
+                                                const Padded& d) {
   const int64_t m = static_cast<int64_t>(A.size()), k = g.k;
   const int64_t rplane = (g.H + 2 * d.P) * d.Wp, rblock = k * g.O * rplane;
   Taps<T> taps;
@@ -434,9 +436,10 @@ __attribute__((noinline)) void forward_vertical(const T* Rp, const T* R, const s
 // incoming gradients copied into zero-padded planes of (H + 2P) x Wp (null when absent).
 // gR: per scale k*O planes of H x Wp; their pad columns come out zero.
 template <typename T>
-__attribute__((noinline)) void backward_vertical(const std::vector<const T*>& gQp, const std::vector<const T*>& A,
-                       const std::vector<int64_t>& S, T* gR, const Geometry& g,
-                       const Padded& d) {
+__attribute__((noinline)) void backward_vertical(const std::vector<const T*>& gQp,
+                                                 const std::vector<const T*>& A,
+                                                 const std::vector<int64_t>& S, T* gR,
+                                                 const Geometry& g, const Padded& d) {
   const int64_t m = static_cast<int64_t>(A.size()), k = g.k;
   const int64_t gplane = (g.H + 2 * d.P) * d.Wp, rblock = k * g.O * d.plane;
   Taps<T> taps;
@@ -457,10 +460,11 @@ __attribute__((noinline)) void backward_vertical(const std::vector<const T*>& gQ
 // Backward, horizontal transposes and the push's transpose for a band of hb rows from h0:
 // gMb = dL/dM for the band, (k*k*O) rows of stride ldm.
 template <typename T>
-__attribute__((noinline)) void backward_band(const T* gPp, const std::vector<const T*>& gQp, const T* gR, int64_t ldm,
-                   int64_t h0,
-                   int64_t hb, const std::vector<const T*>& A, const std::vector<int64_t>& S,
-                   T* gMb, const Geometry& g, const Padded& d) {
+__attribute__((noinline)) void backward_band(const T* gPp, const std::vector<const T*>& gQp,
+                                             const T* gR, int64_t ldm, int64_t h0, int64_t hb,
+                                             const std::vector<const T*>& A,
+                                             const std::vector<int64_t>& S, T* gMb,
+                                             const Geometry& g, const Padded& d) {
   const int64_t m = static_cast<int64_t>(A.size()), k = g.k;
   const int64_t gplane = (g.H + 2 * d.P) * d.Wp, rblock = k * g.O * d.plane;
   const int64_t len = hb * d.Wp, lo = d.P, n = len - 2 * d.P, base = h0 * d.Wp + lo;
@@ -476,8 +480,7 @@ __attribute__((noinline)) void backward_band(const T* gPp, const std::vector<con
           const int64_t q = S[i] / 2;
           for (int64_t j = 0; j < S[i]; ++j)
             if (A[i][j * k + b] != T(0))
-              taps.add(gR + i * rblock + (a * g.O + o) * d.plane + base + q - j,
-                       A[i][j * k + b]);
+              taps.add(gR + i * rblock + (a * g.O + o) * d.plane + base + q - j, A[i][j * k + b]);
         }
         gather(gMb + ((a * k + b) * g.O + o) * ldm + lo, n, taps);
       }
@@ -537,8 +540,7 @@ Padded padding_for(const Geometry& g, const std::vector<at::Tensor>& bases) {
 // A gradient passed as an empty tensor stands for zeros (that output was not used).
 inline bool present(const at::Tensor& t) { return t.defined() && t.numel() > 0; }
 
-Geometry geometry(const at::Tensor& x, const at::Tensor& weight, int64_t stride,
-                  int64_t padding) {
+Geometry geometry(const at::Tensor& x, const at::Tensor& weight, int64_t stride, int64_t padding) {
   TORCH_CHECK(x.dim() == 4 && weight.dim() == 4, "push-pull kernel: x and weight must be 4-D");
   TORCH_CHECK(weight.size(2) == weight.size(3) && weight.size(2) % 2 == 1,
               "push-pull kernel: square odd kernels only");
@@ -568,7 +570,7 @@ at::Tensor tap_major(const at::Tensor& weight) {
 std::vector<at::Tensor> pp_forward(const at::Tensor& x_in, const at::Tensor& weight_in,
                                    std::vector<at::Tensor> bases, int64_t stride, int64_t padding,
                                    const std::optional<at::Tensor>& relu_alpha, bool keep_pull) {
-  at::NoGradGuard no_grad;  // autograd is handled in Python (fused.py)
+  at::NoGradGuard no_grad;                          // autograd is handled in Python (fused.py)
   const at::Tensor x = x_in.detach().contiguous();  // worker threads run with grad mode on
   const at::Tensor weight = weight_in.detach().to(x.scalar_type()).contiguous();
   const Geometry g = geometry(x, weight, stride, padding);
@@ -607,8 +609,7 @@ std::vector<at::Tensor> pp_forward(const at::Tensor& x_in, const at::Tensor& wei
                                x.options());
       at::Tensor Rp = at::zeros({g.k * g.O * rplane}, x.options());
       // with the ReLU epilogue, P and Q live in per-task scratch (Q in the output if kept)
-      at::Tensor scratch =
-          relu ? at::empty({2, g.O * g.Ho * g.Wo}, x.options()) : at::Tensor();
+      at::Tensor scratch = relu ? at::empty({2, g.O * g.Ho * g.Wo}, x.options()) : at::Tensor();
       for (int64_t n = begin; n < end; ++n) {
         scalar_t* pp;
         std::vector<scalar_t*> qs;
@@ -625,12 +626,12 @@ std::vector<at::Tensor> pp_forward(const at::Tensor& x_in, const at::Tensor& wei
           for (int64_t h0 = 0; h0 < g.H; h0 += d.band) {
             const int64_t hb = std::min(d.band, g.H - h0), len = hb * g.W;
             scalar_t* mb = M.mutable_data_ptr<scalar_t>();
-            gemm_nn(kp.const_data_ptr<scalar_t>(), g.C, xn + h0 * g.W, g.H * g.W, mb, len,
-                    kk * g.O, g.C, len);
+            gemm_nn(kp.const_data_ptr<scalar_t>(), g.C, xn + h0 * g.W, g.H * g.W, mb, len, kk * g.O,
+                    g.C, len);
             expand_band(mb, Mp.mutable_data_ptr<scalar_t>(), kk * g.O, hb, g.W, d);
             forward_band<scalar_t>(Mp.const_data_ptr<scalar_t>(), d.ldm, h0, hb, A, S,
-                                   Rp.mutable_data_ptr<scalar_t>(),
-                                   R.mutable_data_ptr<scalar_t>(), g, d);
+                                   Rp.mutable_data_ptr<scalar_t>(), R.mutable_data_ptr<scalar_t>(),
+                                   g, d);
           }
           forward_vertical(Rp.const_data_ptr<scalar_t>(), R.const_data_ptr<scalar_t>(), A, S, pp,
                            qs, g, d);
@@ -697,8 +698,8 @@ std::vector<at::Tensor> pp_backward(std::vector<at::Tensor> grads, const at::Ten
       // gMp: the band with padded rows as backward_band writes it
       at::Tensor gM = at::zeros({kk * g.O, fast ? d.band * g.W : cols}, x.options());
       at::Tensor gMp = at::zeros({fast ? kk * g.O * d.ldm : 0}, x.options());
-      at::Tensor gR = at::zeros({std::max<int64_t>(m, 1) * g.k * g.O * (fast ? d.plane : g.H * g.Wo)},
-                                x.options());
+      at::Tensor gR = at::zeros(
+          {std::max<int64_t>(m, 1) * g.k * g.O * (fast ? d.plane : g.H * g.Wo)}, x.options());
       // zero-padded copies of the incoming gradients (fast path)
       std::vector<at::Tensor> gpad;
       if (fast)
@@ -715,11 +716,10 @@ std::vector<at::Tensor> pp_backward(std::vector<at::Tensor> grads, const at::Ten
           std::vector<const scalar_t*> gq(m, nullptr);
           const scalar_t* gp = nullptr;
           if (relu) {
-            relu_epilogue_backward(grads[0][n].const_data_ptr<scalar_t>(),
-                                   saved[0][n].const_data_ptr<uint8_t>(),
-                                   alpha.const_data_ptr<scalar_t>(),
-                                   gpad[0].mutable_data_ptr<scalar_t>(),
-                                   gpad[1].mutable_data_ptr<scalar_t>(), g, d);
+            relu_epilogue_backward(
+                grads[0][n].const_data_ptr<scalar_t>(), saved[0][n].const_data_ptr<uint8_t>(),
+                alpha.const_data_ptr<scalar_t>(), gpad[0].mutable_data_ptr<scalar_t>(),
+                gpad[1].mutable_data_ptr<scalar_t>(), g, d);
             gp = gpad[0].const_data_ptr<scalar_t>();
             gq[0] = gpad[1].const_data_ptr<scalar_t>();
           } else {
@@ -740,12 +740,13 @@ std::vector<at::Tensor> pp_backward(std::vector<at::Tensor> grads, const at::Ten
               gemm_nn(kpt.const_data_ptr<scalar_t>(), kk * g.O, gmp, len,
                       gx[n].mutable_data_ptr<scalar_t>() + h0 * g.W, g.H * g.W, g.C, kk * g.O, len);
             if (need_w)
-              gemm_nt_acc(gmp, len, xn + h0 * g.W, g.H * g.W,
-                          gk_lanes.mutable_data_ptr<scalar_t>(), kk * g.O, g.C, len);
+              gemm_nt_acc(gmp, len, xn + h0 * g.W, g.H * g.W, gk_lanes.mutable_data_ptr<scalar_t>(),
+                          kk * g.O, g.C, len);
           }
         } else {
           gM.zero_();
-          if (present(grads[0])) push_backward_generic(grads[0][n].const_data_ptr<scalar_t>(), gmp, g);
+          if (present(grads[0]))
+            push_backward_generic(grads[0][n].const_data_ptr<scalar_t>(), gmp, g);
           for (int64_t i = 0; i < m; ++i)
             if (present(grads[i + 1]))
               pull_backward_generic(grads[i + 1][n].const_data_ptr<scalar_t>(), A[i], S[i],
@@ -764,8 +765,7 @@ std::vector<at::Tensor> pp_backward(std::vector<at::Tensor> grads, const at::Ten
     });
   });
   at::Tensor gw;
-  if (need_w)
-    gw = gk_parts.sum(0).view({g.k, g.k, g.O, g.C}).permute({2, 3, 0, 1}).contiguous();
+  if (need_w) gw = gk_parts.sum(0).view({g.k, g.k, g.O, g.C}).permute({2, 3, 0, 1}).contiguous();
   return {gx, gw};
 }
 
