@@ -38,7 +38,6 @@ import datetime as _dt
 import difflib
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -59,11 +58,13 @@ from robustcli.io import atomic_write, atomic_write_json, check_output, file_sha
 from robustcli.layers.attention import SimAM, SqueezeExcitation
 from robustcli.layers.multiscale import MultiScalePushPull
 from robustcli.layers.pushpull import PushPullConv2d, pull_kernel
+from robustcli.progress import progress_bar
 from robustcli.runtime import (
     SINGLE,
     DistInfo,
     all_reduce_sum,
     autocast,
+    environment,
     init_distributed,
     resolve_device,
     teardown_distributed,
@@ -787,24 +788,9 @@ def _workers(device: torch.device, workers: int | None, n_items: int) -> int:
 
 def _progress_bar(enabled: bool) -> Any:
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
-    return Progress(
-        TextColumn("{task.description:<18}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-        transient=True,
+    return progress_bar(
+        "{task.description:<18}", console=Console(stderr=True), enabled=enabled, transient=True
     )
 
 
@@ -934,24 +920,6 @@ def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # Result document, tables, files
 # --------------------------------------------------------------------------------------------
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    import robustcli
-
-    env: dict[str, Any] = {
-        "robustcli": robustcli.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        env["cpu"] = platform.processor() or platform.machine()
-    return env
 
 
 def eval_c_document(

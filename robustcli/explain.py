@@ -27,7 +27,6 @@ import io
 import json
 import math
 import os
-import platform
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -811,17 +810,12 @@ def check_out_dir(out: str | os.PathLike[str], force: bool) -> Path:
 
 def provenance(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Versions, host and command line for the result document."""
-    import robustcli
+    from robustcli.runtime import environment
 
     return {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": list(argv) if argv is not None else list(sys.argv),
-        "robustcli": robustcli.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch_threads": torch.get_num_threads(),
+        **environment(),
     }
 
 

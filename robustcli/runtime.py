@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -377,3 +379,30 @@ def wrap_ddp(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Modul
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------------
+
+
+def environment(device: torch.device | None = None) -> dict[str, Any]:
+    """Versions and host facts recorded in every result document; with ``device``, also the GPU
+    name (CUDA) or the CPU."""
+    import numpy as np
+
+    import robustcli
+
+    env: dict[str, Any] = {
+        "robustcli": robustcli.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device is not None and device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    elif device is not None:
+        env["cpu"] = platform.processor() or platform.machine()
+    return env

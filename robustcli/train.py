@@ -314,24 +314,14 @@ class _Rich(_Silent):
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+
+        from robustcli.progress import progress_bar
 
         self.console = Console()
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+        self.progress = progress_bar(
+            "[bold]{task.description}",
+            stats_field="stats",
+            remaining_label="eta",
             console=self.console,
         )
         self.task: Any = None

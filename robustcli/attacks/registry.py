@@ -145,6 +145,15 @@ def _noise_search(cls: type) -> Callable[..., AttackMethod]:
     return build
 
 
+def _foolbox(cls: type, *, stochastic: bool = False, **fixed: Any) -> Callable[..., AttackMethod]:
+    """A Foolbox minimization attack built with its registered parameters (plus ``fixed``)."""
+
+    def build(**params: Any) -> AttackMethod:
+        return FoolboxMinimization(cls(**fixed, **params), stochastic=stochastic)
+
+    return build
+
+
 def _pgd(steps: int, rel_stepsize: float, start: float, ratio: float, refine: int) -> AttackMethod:
     attack = L2PGDPerSample(steps=steps, rel_stepsize=rel_stepsize, random_start=True)
     return EpsilonSearch(attack, start=start, ratio=ratio, refine=refine, stochastic=True)
@@ -190,9 +199,7 @@ register_attack(
         True,
         "foolbox SaltAndPepperNoiseAttack (minimization: raises the noise probability over "
         "`steps` steps and narrows it around the best hit): the L2 of its result",
-        lambda steps: FoolboxMinimization(
-            fb.attacks.SaltAndPepperNoiseAttack(steps=steps), stochastic=True
-        ),
+        _foolbox(fb.attacks.SaltAndPepperNoiseAttack, stochastic=True),
         {"steps": 1000},
     )
 )
@@ -235,12 +242,7 @@ register_attack(
         False,
         "foolbox BinarySearchContrastReductionAttack (distance=l2): binary search (15 steps) of "
         "the blend towards mid-grey; the L2 of the result",
-        lambda binary_search_steps: FoolboxMinimization(
-            fb.attacks.BinarySearchContrastReductionAttack(
-                distance=fb.distances.l2, binary_search_steps=binary_search_steps
-            ),
-            stochastic=False,
-        ),
+        _foolbox(fb.attacks.BinarySearchContrastReductionAttack, distance=fb.distances.l2),
         {"binary_search_steps": 15},
     )
 )
@@ -279,10 +281,7 @@ register_attack(
         "gradient",
         False,
         "foolbox DDNAttack (decoupled direction and norm, `steps` steps): the L2 of its result",
-        lambda steps, init_epsilon, gamma: FoolboxMinimization(
-            fb.attacks.DDNAttack(steps=steps, init_epsilon=init_epsilon, gamma=gamma),
-            stochastic=False,
-        ),
+        _foolbox(fb.attacks.DDNAttack),
         {"steps": 100, "init_epsilon": 1.0, "gamma": 0.05},
     )
 )
@@ -295,10 +294,7 @@ register_attack(
         False,
         "foolbox L2DeepFoolAttack (linearised boundary steps, overshoot 0.02, 10 candidate "
         "classes): the L2 of its result",
-        lambda steps, candidates, overshoot: FoolboxMinimization(
-            fb.attacks.L2DeepFoolAttack(steps=steps, candidates=candidates, overshoot=overshoot),
-            stochastic=False,
-        ),
+        _foolbox(fb.attacks.L2DeepFoolAttack),
         {"steps": 50, "candidates": 10, "overshoot": 0.02},
     )
 )
@@ -311,15 +307,7 @@ register_attack(
         False,
         "foolbox L2CarliniWagnerAttack with 5 binary-search steps of the constant x 100 Adam "
         "steps (foolbox: 9 x 10000, hours on a CPU): the L2 of its best result",
-        lambda binary_search_steps, steps, stepsize, initial_const: FoolboxMinimization(
-            fb.attacks.L2CarliniWagnerAttack(
-                binary_search_steps=binary_search_steps,
-                steps=steps,
-                stepsize=stepsize,
-                initial_const=initial_const,
-            ),
-            stochastic=False,
-        ),
+        _foolbox(fb.attacks.L2CarliniWagnerAttack),
         {"binary_search_steps": 5, "steps": 100, "stepsize": 0.01, "initial_const": 0.001},
     )
 )
@@ -331,10 +319,7 @@ register_attack(
         "gradient",
         False,
         "foolbox L2FMNAttack (fast minimum-norm, `steps` steps): the L2 of its result",
-        lambda steps, max_stepsize, gamma: FoolboxMinimization(
-            fb.attacks.L2FMNAttack(steps=steps, max_stepsize=max_stepsize, gamma=gamma),
-            stochastic=False,
-        ),
+        _foolbox(fb.attacks.L2FMNAttack),
         {"steps": 100, "max_stepsize": 1.0, "gamma": 0.05},
     )
 )

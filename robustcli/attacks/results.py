@@ -17,8 +17,6 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-import platform
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,19 +57,10 @@ def check_outputs(out_dir: str | os.PathLike[str], force: bool) -> dict[str, Pat
 def environment() -> dict[str, Any]:
     """Versions and host facts for provenance."""
     import foolbox
-    import torch
 
-    import robustcli
+    from robustcli.runtime import environment as host_environment
 
-    return {
-        "robustcli": robustcli.__version__,
-        "foolbox": foolbox.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch_threads": torch.get_num_threads(),
-    }
+    return {**host_environment(), "foolbox": foolbox.__version__}
 
 
 def outcome_record(o: AttackOutcome) -> dict[str, Any]:

@@ -57,22 +57,9 @@ class _RichProgress:
     """A Rich progress bar per attack (the runner's ProgressHook)."""
 
     def __init__(self, enabled: bool) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        from robustcli.progress import progress_bar
 
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-            disable=not enabled,
-        )
+        self.progress = progress_bar(remaining=False, console=err_console, enabled=enabled)
         self.tasks: dict[str, int] = {}
 
     def __call__(self, event: str, key: str, n: int) -> None:

@@ -28,6 +28,7 @@ import torch
 from robustcli.corruptions import blur, digital, noise, weather
 from robustcli.errors import DataError, OutputExistsError, RobustError
 from robustcli.io import atomic_write, atomic_write_json
+from robustcli.progress import progress_bar
 
 Tensor = torch.Tensor
 
@@ -359,23 +360,7 @@ def generate_dataset(
     workers = _default_workers(dev) if workers is None else max(1, int(workers))
     n_batches = -(-n // batch_size)
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("{task.description:<24}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not progress,
-    )
+    bar = progress_bar("{task.description:<24}", enabled=progress)
     header = {"descr": "|u1", "fortran_order": False, "shape": (len(sevs) * n, h, w, 3)}
     with bar:
         task = bar.add_task("corrupting", total=len(names) * len(sevs) * n_batches)

@@ -23,6 +23,7 @@ from io import BytesIO
 import numpy as np
 
 from robustcli.corruptions import blur, digital, noise, weather
+from robustcli.corruptions.generate import CORRUPTIONS as CORRUPTION_NAMES
 
 
 def _params(table: tuple, severity: int):  # noqa: ANN202
@@ -439,30 +440,7 @@ def _hwc(a: np.ndarray, as_float64: int = 0) -> np.ndarray:
     return a.astype(np.float64) if as_float64 else a
 
 
-CORRUPTIONS = {
-    name: globals()[name]
-    for name in (
-        "gaussian_noise",
-        "shot_noise",
-        "impulse_noise",
-        "defocus_blur",
-        "glass_blur",
-        "motion_blur",
-        "zoom_blur",
-        "snow",
-        "frost",
-        "fog",
-        "brightness",
-        "contrast",
-        "elastic_transform",
-        "pixelate",
-        "jpeg_compression",
-        "speckle_noise",
-        "gaussian_blur",
-        "spatter",
-        "saturate",
-    )
-}
+CORRUPTIONS = {name: globals()[name] for name in CORRUPTION_NAMES}
 
 
 def corrupt_one(img: np.ndarray, name: str, severity: int, draws: dict | None = None) -> np.ndarray:

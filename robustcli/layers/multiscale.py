@@ -79,12 +79,11 @@ class MultiScalePushPull(nn.Module):
             )
             if self.push.bias is not None:
                 push = push + self.push.bias.reshape(1, -1, 1, 1)
-            push, qs = fused.like_input(push, x), [fused.like_input(q, x) for q in qs]
-            parts = [push] + [push + alpha * q for q in qs]
+            u = fused.like_input(torch.cat([push] + [push + alpha * q for q in qs], dim=1), x)
         else:
             push = self.push(x)
             parts = [push] + [push - alpha * pull(x, self.push.weight) for pull in self.pulls]
-        u = torch.cat(parts, dim=1)
+            u = torch.cat(parts, dim=1)
         if self.attention is not None:
             u = self.attention(u)
         return self.fuse(u)

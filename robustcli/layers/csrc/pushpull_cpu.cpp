@@ -559,33 +559,74 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& weight, int64_t stride,
   return g;
 }
 
+// Per-channel alpha as O contiguous values (a scalar alpha is broadcast).
+at::Tensor channel_alpha(const at::Tensor& alpha, const at::Tensor& x, int64_t O) {
+  return alpha.detach().to(x.scalar_type()).reshape({-1}).expand({O}).contiguous();
+}
+
+// Raw pointers and sizes S_i of the bases (each S_i x k, contiguous, of type T).
+template <typename T>
+void basis_views(const std::vector<at::Tensor>& bases, std::vector<const T*>& A,
+                 std::vector<int64_t>& S) {
+  for (const auto& b : bases) {
+    A.push_back(b.const_data_ptr<T>());
+    S.push_back(b.size(0));
+  }
+}
+
 // weight (O, C, k, k) -> K' ((k*k*O) x C), row (a*k + b)*O + o.
 at::Tensor tap_major(const at::Tensor& weight) {
   return weight.permute({2, 3, 0, 1}).reshape({-1, weight.size(1)}).contiguous();
+}
+
+// What forward and backward both derive from their arguments.
+struct Call {
+  at::Tensor x, weight, kp;  // detached (worker threads run with grad mode on), contiguous
+  std::vector<at::Tensor> bases;
+  Geometry g;
+  Padded d;
+  bool fast;
+  int64_t N, m, kk;
+};
+
+Call prepare(const at::Tensor& x_in, const at::Tensor& weight_in, std::vector<at::Tensor> bases,
+             int64_t stride, int64_t padding) {
+  Call c;
+  c.x = x_in.detach().contiguous();
+  c.weight = weight_in.detach().to(c.x.scalar_type()).contiguous();
+  c.g = geometry(c.x, c.weight, stride, padding);
+  c.kp = tap_major(c.weight);
+  for (auto& b : bases) b = b.detach().to(c.x.scalar_type()).contiguous();
+  c.bases = std::move(bases);
+  c.fast = fast_path(c.g);
+  c.d = padding_for(c.g, c.bases);
+  c.N = c.x.size(0);
+  c.m = static_cast<int64_t>(c.bases.size());
+  c.kk = c.g.k * c.g.k;
+  return c;
 }
 
 // Returns [P, Q_1, ..., Q_m]; with relu_alpha (fast path, one scale) [out, mask] (plus Q when
 // keep_pull) where out = relu(P) - alpha * relu(-Q) is the rectified push-pull output
 // (Strisciuglio 2020) and mask the uint8 sign mask for the backward pass.
 std::vector<at::Tensor> pp_forward(const at::Tensor& x_in, const at::Tensor& weight_in,
-                                   std::vector<at::Tensor> bases, int64_t stride, int64_t padding,
-                                   const std::optional<at::Tensor>& relu_alpha, bool keep_pull) {
-  at::NoGradGuard no_grad;                          // autograd is handled in Python (fused.py)
-  const at::Tensor x = x_in.detach().contiguous();  // worker threads run with grad mode on
-  const at::Tensor weight = weight_in.detach().to(x.scalar_type()).contiguous();
-  const Geometry g = geometry(x, weight, stride, padding);
-  const int64_t N = x.size(0), m = static_cast<int64_t>(bases.size());
-  const at::Tensor kp = tap_major(weight);
-  for (auto& b : bases) b = b.detach().to(x.scalar_type()).contiguous();
-  const bool fast = fast_path(g);
-  const Padded d = padding_for(g, bases);
-  const int64_t kk = g.k * g.k;
+                                   std::vector<at::Tensor> bases_in, int64_t stride,
+                                   int64_t padding, const std::optional<at::Tensor>& relu_alpha,
+                                   bool keep_pull) {
+  at::NoGradGuard no_grad;  // autograd is handled in Python (fused.py)
+  const Call c = prepare(x_in, weight_in, std::move(bases_in), stride, padding);
+  const at::Tensor &x = c.x, &kp = c.kp;
+  const std::vector<at::Tensor>& bases = c.bases;
+  const Geometry& g = c.g;
+  const Padded& d = c.d;
+  const bool fast = c.fast;
+  const int64_t N = c.N, m = c.m, kk = c.kk;
   const bool relu = relu_alpha.has_value();
   std::vector<at::Tensor> outs;
   at::Tensor alpha;
   if (relu) {
     TORCH_CHECK(fast && m == 1, "push-pull kernel: relu epilogue needs stride 1, same padding");
-    alpha = relu_alpha->detach().to(x.scalar_type()).reshape({-1}).expand({g.O}).contiguous();
+    alpha = channel_alpha(*relu_alpha, x, g.O);
     outs.push_back(at::empty({N, g.O, g.Ho, g.Wo}, x.options()));
     outs.push_back(at::empty({N, g.O, g.Ho, g.Wo}, x.options().dtype(at::kByte)));
     if (keep_pull) outs.push_back(at::empty({N, g.O, g.Ho, g.Wo}, x.options()));
@@ -595,10 +636,7 @@ std::vector<at::Tensor> pp_forward(const at::Tensor& x_in, const at::Tensor& wei
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pushpull_forward", [&] {
     std::vector<const scalar_t*> A;
     std::vector<int64_t> S;
-    for (const auto& b : bases) {
-      A.push_back(b.const_data_ptr<scalar_t>());
-      S.push_back(b.size(0));
-    }
+    basis_views(bases, A, S);
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       const int64_t rplane = (g.H + 2 * d.P) * d.Wp;
       // scratch, allocated once per task; the zero borders are never written
@@ -607,7 +645,7 @@ std::vector<at::Tensor> pp_forward(const at::Tensor& x_in, const at::Tensor& wei
       at::Tensor Mp = at::zeros({fast ? kk * g.O * d.ldm : 0}, x.options());
       at::Tensor R = at::zeros({std::max<int64_t>(m, 1) * g.k * g.O * (fast ? rplane : g.H * g.Wo)},
                                x.options());
-      at::Tensor Rp = at::zeros({g.k * g.O * rplane}, x.options());
+      at::Tensor Rp = at::zeros({fast ? g.k * g.O * rplane : 0}, x.options());
       // with the ReLU epilogue, P and Q live in per-task scratch (Q in the output if kept)
       at::Tensor scratch = relu ? at::empty({2, g.O * g.Ho * g.Wo}, x.options()) : at::Tensor();
       for (int64_t n = begin; n < end; ++n) {
@@ -655,48 +693,41 @@ std::vector<at::Tensor> pp_forward(const at::Tensor& x_in, const at::Tensor& wei
 // grads: [dL/dP, dL/dQ_1, ...] (empty tensors count as zero). Returns (dL/dx, dL/dweight).
 // With relu_alpha: grads = [dL/dout] and saved = [mask] from the forward pass.
 std::vector<at::Tensor> pp_backward(std::vector<at::Tensor> grads, const at::Tensor& x_in,
-                                    const at::Tensor& weight_in, std::vector<at::Tensor> bases,
+                                    const at::Tensor& weight_in, std::vector<at::Tensor> bases_in,
                                     int64_t stride, int64_t padding, bool need_x, bool need_w,
                                     std::vector<at::Tensor> saved,
                                     const std::optional<at::Tensor>& relu_alpha) {
   at::NoGradGuard no_grad;
-  const at::Tensor x = x_in.detach().contiguous();
-  const at::Tensor weight = weight_in.detach().to(x.scalar_type()).contiguous();
-  const Geometry g = geometry(x, weight, stride, padding);
-  const int64_t N = x.size(0), m = static_cast<int64_t>(bases.size());
+  const Call c = prepare(x_in, weight_in, std::move(bases_in), stride, padding);
+  const at::Tensor& x = c.x;
+  const std::vector<at::Tensor>& bases = c.bases;
+  const Geometry& g = c.g;
+  const Padded& d = c.d;
+  const bool fast = c.fast;
+  const int64_t N = c.N, m = c.m, kk = c.kk;
   const bool relu = relu_alpha.has_value();
   TORCH_CHECK(static_cast<int64_t>(grads.size()) == (relu ? 1 : m + 1),
               "push-pull kernel: wrong grad count");
-  for (auto& b : bases) b = b.detach().to(x.scalar_type()).contiguous();
   for (auto& gr : grads)
     if (present(gr)) gr = gr.detach().to(x.scalar_type()).contiguous();
-  const at::Tensor kp = tap_major(weight);
-  const at::Tensor kpt = kp.t().contiguous();
+  const at::Tensor kpt = c.kp.t().contiguous();
   at::Tensor gx = need_x ? at::empty_like(x) : at::Tensor();
-  const int64_t threads = at::get_num_threads();
   at::Tensor gk_parts =
-      need_w ? at::zeros({threads, g.k * g.k * g.O, g.C}, x.options()) : at::Tensor();
-  const bool fast = fast_path(g);
-  const Padded d = padding_for(g, bases);
-  const int64_t kk = g.k * g.k;
+      need_w ? at::zeros({at::get_num_threads(), kk * g.O, g.C}, x.options()) : at::Tensor();
   at::Tensor alpha;
   if (relu) {
     TORCH_CHECK(fast && m == 1 && saved.size() == 1, "push-pull kernel: bad relu backward call");
-    alpha = relu_alpha->detach().to(x.scalar_type()).reshape({-1}).expand({g.O}).contiguous();
+    alpha = channel_alpha(*relu_alpha, x, g.O);
     for (auto& t : saved) t = t.detach().contiguous();
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pushpull_backward", [&] {
     std::vector<const scalar_t*> A;
     std::vector<int64_t> S;
-    for (const auto& b : bases) {
-      A.push_back(b.const_data_ptr<scalar_t>());
-      S.push_back(b.size(0));
-    }
+    basis_views(bases, A, S);
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      const int64_t cols = fast ? d.plane : g.H * g.W;
       // gM: dL/dM (unpadded rows; the whole image on the generic path, a band on the fast one);
       // gMp: the band with padded rows as backward_band writes it
-      at::Tensor gM = at::zeros({kk * g.O, fast ? d.band * g.W : cols}, x.options());
+      at::Tensor gM = at::zeros({kk * g.O, (fast ? d.band : g.H) * g.W}, x.options());
       at::Tensor gMp = at::zeros({fast ? kk * g.O * d.ldm : 0}, x.options());
       at::Tensor gR = at::zeros(
           {std::max<int64_t>(m, 1) * g.k * g.O * (fast ? d.plane : g.H * g.Wo)}, x.options());
