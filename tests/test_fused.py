@@ -42,9 +42,20 @@ def _bases(k, scales):
     return [bilinear_matrix(k, pull_kernel_size(k, h)) for h in scales]
 
 
-# (N, C, O, H, W, k, stride, padding, scales): the fast path (stride 1, same padding) at sizes
-# that exercise full and partial bands and odd widths, and the generic path.
+def _responses(x, w, bases, stride, padding):
+    """The kernel's packed [P, Q_1, ...] split into one tensor per response."""
+    packed = fused.pushpull_responses(x, w, bases, stride, padding)
+    assert packed.shape[1] == w.shape[0] * (1 + len(bases))
+    return packed.split(w.shape[0], dim=1)
+
+
+# (N, C, O, H, W, k, stride, padding, scales): the fast path (stride 1, same padding) with
+# output channels below, at and above the SIMD width (16 float32 / 8 float64 lanes: tails, several
+# vectors per tap), odd widths and k=5, and the generic path (other strides and paddings).
 CASES = [
+    (2, 16, 16, 8, 8, 3, 1, 1, (2.0,)),
+    (2, 20, 40, 6, 7, 3, 1, 1, (2.0, 3.0)),
+    (2, 3, 24, 5, 6, 3, 1, 1, (2.0,)),
     (3, 5, 7, 9, 9, 3, 1, 1, (2.0,)),
     (2, 4, 6, 32, 32, 3, 1, 1, (2.0, 3.0)),
     (2, 3, 4, 13, 7, 3, 1, 1, (2.0, 3.0)),
@@ -60,7 +71,7 @@ def test_responses_equal_definition(n, c, o, h, w, k, stride, padding, scales):
     torch.manual_seed(0)
     x = torch.randn(n, c, h, w, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(o, c, k, k, dtype=torch.float64, requires_grad=True)
-    got = fused.pushpull_responses(x, weight, _bases(k, scales), stride, padding)
+    got = _responses(x, weight, _bases(k, scales), stride, padding)
     want = _definition(x, weight, scales, stride, padding)
     assert len(got) == len(want)
     for a, b in zip(got, want, strict=True):
@@ -83,9 +94,7 @@ def test_responses_gradcheck_with_an_unused_output():
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
     bases = _bases(3, (2.0, 3.0))
     # only the second pull is used: the other gradients arrive as None
-    assert torch.autograd.gradcheck(
-        lambda x, w: fused.pushpull_responses(x, w, bases, 1, 1)[2], (x, w)
-    )
+    assert torch.autograd.gradcheck(lambda x, w: _responses(x, w, bases, 1, 1)[2], (x, w))
 
 
 @pytest.mark.parametrize("alpha_shape", [(), (1, 5, 1, 1)])
@@ -103,16 +112,27 @@ def test_fused_relu_equals_definition_and_gradcheck(alpha_shape):
     )
 
 
-def test_float32_matches_float64():
+@pytest.mark.parametrize(("c", "o"), [(16, 16), (12, 12), (24, 20)])
+def test_float32_matches_float64(c, o):
+    """float32 (16 lanes: full vectors and tails) against float64, responses and the fused ReLU
+    with its gradients."""
     torch.manual_seed(3)
-    x = torch.randn(4, 16, 32, 32, dtype=torch.float64)
-    w = torch.randn(16, 16, 3, 3, dtype=torch.float64) * 0.1
+    x = torch.randn(4, c, 32, 32, dtype=torch.float64, requires_grad=True)
+    w = (torch.randn(o, c, 3, 3, dtype=torch.float64) * 0.1).requires_grad_(True)
     bases = _bases(3, (2.0,))
-    hi = fused.pushpull_responses(x, w, bases, 1, 1)
-    lo = fused.pushpull_responses(x.float(), w.float(), bases, 1, 1)
+    hi = _responses(x, w, bases, 1, 1)
+    lo = _responses(x.float(), w.float(), bases, 1, 1)
     for a, b in zip(lo, hi, strict=True):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+    alpha = torch.tensor(0.8, dtype=torch.float64)
+    cot = torch.randn(4, o, 32, 32, dtype=torch.float64)
+    ys = [fused.pushpull_relu(t, u, bases[0], alpha) for t, u in ((x, w), (x.float(), w.float()))]
+    torch.testing.assert_close(ys[1].double(), ys[0], rtol=1e-4, atol=1e-4)
+    g_hi = torch.autograd.grad(ys[0], (x, w), cot)
+    g_lo = torch.autograd.grad(ys[1], (x, w), cot.float())
+    for a, b in zip(g_lo, g_hi, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-3)
 
 
 LAYERS = {
@@ -125,19 +145,29 @@ LAYERS = {
     "pp attn se": lambda impl: PushPullConv2d(
         4, 6, rectify="none", attention=SqueezeExcitation(6), pull_impl=impl
     ),
+    "pp relu 20 channels": lambda impl: PushPullConv2d(4, 20, pull_impl=impl),
     "mspp": lambda impl: MultiScalePushPull(4, 6, pull_impl=impl),
+    "mspp trainable alpha": lambda impl: MultiScalePushPull(
+        4, 6, trainable_alpha=True, alpha=0.6, pull_impl=impl
+    ),
+    "mspp simam": lambda impl: MultiScalePushPull(4, 6, attention="simam", pull_impl=impl),
+    "mspp bias": lambda impl: MultiScalePushPull(4, 6, bias=True, fusion_bias=True, pull_impl=impl),
     "mspp stride 2": lambda impl: MultiScalePushPull(4, 6, stride=2, pull_impl=impl),
 }
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("name", sorted(LAYERS))
-def test_layers_auto_equal_dense(name):
+def test_layers_auto_equal_dense(name, layout):
     """The default (auto: fused on CPU) and the dense definition agree in outputs and in the
-    gradients of the input and of every parameter."""
+    gradients of the input and of every parameter, for either memory layout of the input."""
     torch.manual_seed(4)
     auto, dense = LAYERS[name]("auto").double(), LAYERS[name]("dense").double()
     dense.load_state_dict(auto.state_dict())
-    x = torch.randn(2, 4, 9, 10, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 4, 9, 10, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     assert use_fused("auto", x)
     y_auto, y_dense = auto(x), dense(x)
     torch.testing.assert_close(y_auto, y_dense, rtol=1e-12, atol=1e-12)

@@ -13,7 +13,9 @@ What: the channel mixing is done first and once, for all taps and all scales::
 because fixed spatial filters commute with channel mixing. The spatial filters are a cheap
 separable stencil; the backward pass applies their transposes and two more GEMMs, so push and
 every pull scale together cost the GEMM work of one plain convolution. Each image is processed
-in cache (``csrc/pushpull_cpu.cpp``, one image per task in ``at::parallel_for``).
+in cache, one row at a time, on channels_last data with the output channels in SIMD lanes
+(``csrc/pushpull_cpu.cpp``, one image per task in ``at::parallel_for``); contiguous (NCHW) inputs
+are converted, so channels_last networks avoid two copies per layer.
 
 The C++ source is compiled on first use with ``torch.utils.cpp_extension`` (needs a C++ compiler
 and ``ninja``; about a minute, then cached). When that is not possible, or on other devices, the
@@ -83,19 +85,17 @@ class _PushPullResponses(torch.autograd.Function):
     def forward(ctx, x, weight, stride, padding, *bases):  # noqa: ANN001, ANN205
         ctx.save_for_backward(x, weight, *bases)
         ctx.stride, ctx.padding = stride, padding
-        return tuple(
-            torch.ops.robustcli_pushpull.forward(
-                x, weight, list(bases), stride, padding, None, False
-            )
+        (packed,) = torch.ops.robustcli_pushpull.forward(
+            x, weight, list(bases), stride, padding, None, False
         )
+        return packed
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, *grads):  # noqa: ANN001, ANN205
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
         x, weight, *bases = ctx.saved_tensors
-        empty = x.new_empty(0)
         gx, gw = torch.ops.robustcli_pushpull.backward(
-            [empty if g is None else g for g in grads],
+            [grad],
             x,
             weight,
             bases,
@@ -156,9 +156,10 @@ class _PushPullReLU(torch.autograd.Function):
 
 
 def like_input(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``out`` (NCHW from the kernel) in ``x``'s memory format, so channels_last nets stay so."""
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-    if channels_last and not x.is_contiguous():
+    """``out`` in ``x``'s memory format (the kernel writes channels_last on its fast path)."""
+    if x.is_contiguous():
+        return out.contiguous()
+    if x.is_contiguous(memory_format=torch.channels_last):
         return out.contiguous(memory_format=torch.channels_last)
     return out
 
@@ -189,12 +190,13 @@ def pushpull_responses(
     bases: list[torch.Tensor],
     stride: int = 1,
     padding: int = 1,
-) -> tuple[torch.Tensor, ...]:
-    """``(X * K, X * up_1(K), ..., X * up_m(K))`` with ``up_i(K) = A_i K A_i^T``.
+) -> torch.Tensor:
+    """``[X * K, X * up_1(K), ..., X * up_m(K)]`` along the channels, ``up_i(K) = A_i K A_i^T``.
 
     ``bases`` are the ``S_i x k`` bilinear matrices (``pushpull.bilinear_matrix``). The pull
-    responses are returned un-negated. Float32 and float64; other dtypes (autocast) run in float32.
-    Results are contiguous (NCHW) tensors.
+    responses are un-negated. Float32 and float64; other dtypes (autocast) run in float32. The
+    result (N x (1+m)O x Ho x Wo) is channels_last on the fast path (stride 1, same padding),
+    contiguous otherwise: split it with ``torch.split(out, O, dim=1)``.
     """
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()

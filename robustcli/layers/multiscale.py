@@ -76,7 +76,7 @@ class MultiScalePushPull(nn.Module):
                 [pull.basis for pull in self.pulls],
                 self.push.stride[0],
                 self.push.padding[0],
-            )
+            ).split(self.push.out_channels, dim=1)
             if self.push.bias is not None:
                 push = push + self.push.bias.reshape(1, -1, 1, 1)
             u = fused.like_input(torch.cat([push] + [push + alpha * q for q in qs], dim=1), x)

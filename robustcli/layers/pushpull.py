@@ -246,7 +246,9 @@ class PushPullConv2d(nn.Module):
             and fused.fast_geometry(self.kernel_size, self.stride, self.padding)
         ):
             return fused.pushpull_relu(x, w, self.pull.basis, self.effective_alpha())
-        push, q = fused.pushpull_responses(x, w, [self.pull.basis], self.stride, self.padding)
+        push, q = fused.pushpull_responses(
+            x, w, [self.pull.basis], self.stride, self.padding
+        ).split(self.out_channels, dim=1)
         if bias is not None:
             push = push + bias.reshape(1, -1, 1, 1)
         return self._combine(push, -q)

@@ -1,13 +1,15 @@
 // Fused CPU kernel for push-pull responses (see robustcli/layers/fused.py for the maths).
 //
-// For push weights K (O x C x k x k) and pull bases A_i (S_i x k, the bilinear resize matrices),
-// every image is processed in cache:
-//   M    = K' X                  one GEMM, K' = K reshaped to (k*k*O) x C: M[t][o] = sum_c K[o,c,t]
-//   X_c P    = sum_t shift_t(M_t)     the push X * K          (a fixed stencil over the k*k taps)
-//   Q_i  = sum_ab (A_i[:,a] A_i[:,b]^T) (*) M_ab          the pull X * up_i(K), separable stencil
+// For push weights K (O x C x k x k) and pull bases A_i (S_i x k, the bilinear resize matrices):
+//   M    = X K'                  one GEMM; per pixel, M[ab][o] = sum_c X[c] K[o, c, a, b]
+//   P    = sum_ab shift_ab(M_ab)                         the push X * K (a fixed k x k stencil)
+//   Q_i  = sum_ab (A_i[:,a] A_i[:,b]^T) (*) M_ab          the pull X * up_i(K), separable stencils
 // The backward pass applies the transposed stencils to the incoming gradients (giving dL/dM),
-// then dL/dX = K'^T dL/dM and dL/dK' = sum_n dL/dM X^T: two more GEMMs. In total the GEMM work
+// then dL/dX = dL/dM K'^T and dL/dK' = sum X^T dL/dM: two more GEMMs. In total the GEMM work
 // equals one plain k x k convolution (forward + backward), for the push and all pulls together.
+//
+// Fast path (stride 1, same padding): channels_last data, one image per task and one image row at
+// a time, output channels in SIMD lanes. Other geometries: a generic NCHW path with library GEMMs.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -156,28 +158,16 @@ void pull_backward_generic(const T* gQ, const T* A, int64_t S, T* gR, T* gM, con
       }
 }
 
-// ---- Fast path (stride 1, "same" padding): planes are stored with P zero columns on each side
-// of every row (row stride Wp = W + 2P), so a horizontal shift by d is a flat offset of d and a
-// vertical shift by d a flat offset of d*Wp. Every stencil pass is then a few calls of `gather`
-// over whole planes, accumulating its taps in registers. ----
-
-template <typename T>
-struct Taps {
-  std::vector<const T*> src;
-  std::vector<T> w;
-  Taps() {
-    src.reserve(64);
-    w.reserve(64);
-  }
-  void clear() {
-    src.clear();
-    w.clear();
-  }
-  void add(const T* p, T weight) {
-    src.push_back(p);
-    w.push_back(weight);
-  }
-};
+// ---- Fast path (stride 1, "same" padding) on channels_last data. ----
+// Each image is processed one row at a time with the output channels in SIMD lanes: O is padded
+// to Op, a multiple of the vector length L (the pad lanes carry zero weights, compute zeros and
+// are never stored). Per image, with R = max(p, S_i / 2) the widest stencil reach:
+//   X      H x W x C                    the input (channels_last)
+//   Mrow   (W + 2R) x kk x Op           one row of M, R zero columns each side
+//   Hr_j   (H + 2R) x W x k x Op        horizontal pass of response j (push, pull scales)
+//   G_j    (H + 2R) x (W + 2R) x Op     backward: zero-bordered incoming gradients
+//   U_j    (W + 2R) x k x Op            backward: vertical transposes of one row
+//   dMrow  W x kk x Op                  backward: dL/dM for one row
 
 // SIMD helpers on GCC/Clang vector extensions (64-byte vectors; the compiler splits them where
 // the target has narrower registers).
@@ -197,345 +187,300 @@ inline void store(T* p, typename Simd<T>::v v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// out[x] = sum_t w_t * src_t[x + shift], x in [0, n), accumulated in registers.
+// Weighted taps of a stencil: out[x] = sum_t w_t * src_t[x * stride].
 template <typename T>
-inline void gather(T* __restrict out, int64_t n, const Taps<T>& taps, int64_t shift = 0) {
-  using V = typename Simd<T>::v;
+struct Taps {
+  std::vector<const T*> src;
+  std::vector<T> w;
+  Taps() {
+    src.reserve(64);
+    w.reserve(64);
+  }
+  void clear() {
+    src.clear();
+    w.clear();
+  }
+  void add(const T* p, T weight) {
+    src.push_back(p);
+    w.push_back(weight);
+  }
+};
+
+// out[x * os + v*L ...] (+)= sum_t w_t * src_t[x * ss + v*L ...] for x < n and V vectors, four
+// positions at a time (independent accumulators hide the FMA latency).
+template <typename T, bool ACC>
+__attribute__((noinline)) void stencil(T* __restrict out, int64_t os, int64_t ss, int64_t n,
+                                       int64_t V, const Taps<T>& taps) {
+  using Vec = typename Simd<T>::v;
   constexpr int64_t L = Simd<T>::L;
   const int64_t nt = static_cast<int64_t>(taps.src.size());
   const T* const* src = taps.src.data();
   const T* w = taps.w.data();
-  int64_t x = 0;
-  for (; x + 4 * L <= n; x += 4 * L) {
-    V a0 = {}, a1 = {}, a2 = {}, a3 = {};
-    for (int64_t t = 0; t < nt; ++t) {
-      const T* sp = src[t] + shift + x;
-      a0 += w[t] * load<T>(sp);
-      a1 += w[t] * load<T>(sp + L);
-      a2 += w[t] * load<T>(sp + 2 * L);
-      a3 += w[t] * load<T>(sp + 3 * L);
+  for (int64_t v = 0; v < V; ++v) {
+    int64_t x = 0;
+    for (; x + 4 <= n; x += 4) {
+      const int64_t base = x * ss + v * L;
+      Vec a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      for (int64_t t = 0; t < nt; ++t) {
+        const T* sp = src[t] + base;
+        a0 += w[t] * load<T>(sp);
+        a1 += w[t] * load<T>(sp + ss);
+        a2 += w[t] * load<T>(sp + 2 * ss);
+        a3 += w[t] * load<T>(sp + 3 * ss);
+      }
+      T* op = out + x * os + v * L;
+      if (ACC) {
+        a0 += load<T>(op);
+        a1 += load<T>(op + os);
+        a2 += load<T>(op + 2 * os);
+        a3 += load<T>(op + 3 * os);
+      }
+      store<T>(op, a0);
+      store<T>(op + os, a1);
+      store<T>(op + 2 * os, a2);
+      store<T>(op + 3 * os, a3);
     }
-    store<T>(out + x, a0);
-    store<T>(out + x + L, a1);
-    store<T>(out + x + 2 * L, a2);
-    store<T>(out + x + 3 * L, a3);
-  }
-  for (; x + 2 * L <= n; x += 2 * L) {
-    V a0 = {}, a1 = {};
-    for (int64_t t = 0; t < nt; ++t) {
-      const T* sp = src[t] + shift + x;
-      a0 += w[t] * load<T>(sp);
-      a1 += w[t] * load<T>(sp + L);
+    for (; x < n; ++x) {
+      Vec a0 = {};
+      for (int64_t t = 0; t < nt; ++t) a0 += w[t] * load<T>(src[t] + x * ss + v * L);
+      T* op = out + x * os + v * L;
+      if (ACC) a0 += load<T>(op);
+      store<T>(op, a0);
     }
-    store<T>(out + x, a0);
-    store<T>(out + x + L, a1);
-  }
-  for (; x + L <= n; x += L) {
-    V a0 = {};
-    for (int64_t t = 0; t < nt; ++t) a0 += w[t] * load<T>(src[t] + shift + x);
-    store<T>(out + x, a0);
-  }
-  for (; x < n; ++x) {
-    T acc = 0;
-    for (int64_t t = 0; t < nt; ++t) acc += w[t] * src[t][shift + x];
-    out[x] = acc;
   }
 }
 
-// Small dense products for the per-band GEMMs (a library call per band costs more than the
-// arithmetic at these sizes). Row-major, explicit leading dimensions.
-
-// out[r][f0 .. f0 + NV*L) = sum_c W[r][c] X[c][..] for RB rows (NV vectors wide).
-template <typename T, int RB, int NV>
-__attribute__((always_inline)) inline void gemm_tile(const T* W, int64_t ldw, const T* X,
-                                                     int64_t ldx, T* out, int64_t ldo, int64_t K) {
-  using V = typename Simd<T>::v;
+// Small dense products, NP rows x NV vectors per register tile:
+// out[r][0 .. NV*L) (+)= sum_k A[r*ars + k*aks] B[k][0 .. NV*L)
+template <typename T, int NP, int NV, bool ACC>
+__attribute__((always_inline)) inline void gemm_tile(const T* A, int64_t ars, int64_t aks,
+                                                     const T* B, int64_t ldb, T* out, int64_t ldo,
+                                                     int64_t K) {
+  using Vec = typename Simd<T>::v;
   constexpr int64_t L = Simd<T>::L;
-  V acc[RB][NV] = {};
-  for (int64_t c = 0; c < K; ++c) {
-    V xv[NV];
+  Vec acc[NP][NV] = {};
+  for (int64_t k = 0; k < K; ++k) {
+    Vec b[NV];
     for (int v = 0; v < NV; ++v) {
-      xv[v] = load<T>(X + c * ldx + v * L);
-      asm volatile("" : "+v"(xv[v]));  // keep it in a register (GCC would reload it per row)
+      b[v] = load<T>(B + k * ldb + v * L);
+      asm volatile("" : "+v"(b[v]));  // keep it in a register (GCC would reload it per row)
     }
-    for (int r = 0; r < RB; ++r) {
-      const T w = W[r * ldw + c];
-      for (int v = 0; v < NV; ++v) acc[r][v] += w * xv[v];
+    for (int r = 0; r < NP; ++r) {
+      const T a = A[r * ars + k * aks];
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
     }
   }
-  for (int r = 0; r < RB; ++r)
-    for (int v = 0; v < NV; ++v) store<T>(out + r * ldo + v * L, acc[r][v]);
+  for (int r = 0; r < NP; ++r)
+    for (int v = 0; v < NV; ++v) {
+      T* op = out + r * ldo + v * L;
+      store<T>(op, ACC ? load<T>(op) + acc[r][v] : acc[r][v]);
+    }
 }
 
-template <typename T, int NV>
-__attribute__((noinline)) void gemm_strip(const T* W, int64_t ldw, const T* X, int64_t ldx, T* out,
-                                          int64_t ldo, int64_t R, int64_t K) {
+template <typename T, int NV, bool ACC>
+__attribute__((noinline)) void gemm_cols(const T* A, int64_t ars, int64_t aks, const T* B,
+                                         int64_t ldb, T* out, int64_t ldo, int64_t rows,
+                                         int64_t K) {
+  constexpr int NP = NV <= 2 ? 8 : NV <= 4 ? 4 : NV <= 6 ? 3 : 2;  // <= 24 accumulators
   int64_t r = 0;
-  for (; r + 4 <= R; r += 4) gemm_tile<T, 4, NV>(W + r * ldw, ldw, X, ldx, out + r * ldo, ldo, K);
-  for (; r < R; ++r) gemm_tile<T, 1, NV>(W + r * ldw, ldw, X, ldx, out + r * ldo, ldo, K);
+  for (; r + NP <= rows; r += NP)
+    gemm_tile<T, NP, NV, ACC>(A + r * ars, ars, aks, B, ldb, out + r * ldo, ldo, K);
+  for (; r < rows; ++r)
+    gemm_tile<T, 1, NV, ACC>(A + r * ars, ars, aks, B, ldb, out + r * ldo, ldo, K);
 }
 
-// out (R x F) = W (R x K) X (K x F), in column strips so a strip of X stays in L1.
-template <typename T>
-__attribute__((noinline)) void gemm_nn(const T* W, int64_t ldw, const T* X, int64_t ldx, T* out,
-                                       int64_t ldo, int64_t R, int64_t K, int64_t F) {
+// out (rows x ncol*L) (+)= A (rows x K, element (r, k) at A[r*ars + k*aks]) B (K x ncol*L).
+// Columns go in register tiles of at most 8 vectors.
+template <typename T, bool ACC>
+void gemm(const T* A, int64_t ars, int64_t aks, const T* B, int64_t ldb, T* out, int64_t ldo,
+          int64_t rows, int64_t K, int64_t ncol) {
   constexpr int64_t L = Simd<T>::L;
-  int64_t f = 0;
-  for (; f + 4 * L <= F; f += 4 * L) gemm_strip<T, 4>(W, ldw, X + f, ldx, out + f, ldo, R, K);
-  for (; f + 2 * L <= F; f += 2 * L) gemm_strip<T, 2>(W, ldw, X + f, ldx, out + f, ldo, R, K);
-  for (; f + L <= F; f += L) gemm_strip<T, 1>(W, ldw, X + f, ldx, out + f, ldo, R, K);
-  for (; f < F; ++f)
-    for (int64_t r = 0; r < R; ++r) {
-      T acc = 0;
-      for (int64_t c = 0; c < K; ++c) acc += W[r * ldw + c] * X[c * ldx + f];
-      out[r * ldo + f] = acc;
-    }
-}
-
-// acc[r][c] (vectors of L partial sums) += sum_f A[r][f] B[c][f] for an RB x CB block; the
-// lanes are summed once at the end (gemm_nt_finish), not per band.
-template <typename T, int RB, int CB>
-__attribute__((always_inline)) inline void gemm_nt_block(const T* A, int64_t lda, const T* B,
-                                                         int64_t ldb, T* acc_out, int64_t ld_acc,
-                                                         int64_t F) {
-  using V = typename Simd<T>::v;
-  constexpr int64_t L = Simd<T>::L;
-  V acc[RB][CB] = {};
-  int64_t f = 0;
-  for (; f + L <= F; f += L) {
-    V b[CB];
-    for (int c = 0; c < CB; ++c) {
-      b[c] = load<T>(B + c * ldb + f);
-      asm volatile("" : "+v"(b[c]));
-    }
-    for (int r = 0; r < RB; ++r) {
-      V a = load<T>(A + r * lda + f);
-      asm volatile("" : "+v"(a));
-      for (int c = 0; c < CB; ++c) acc[r][c] += a * b[c];
+  const int64_t chunks = (ncol + 7) / 8, width = (ncol + chunks - 1) / chunks;
+  for (int64_t c0 = 0; c0 < ncol; c0 += width) {
+    const int64_t nv = std::min(width, ncol - c0);
+    const T* b = B + c0 * L;
+    T* o = out + c0 * L;
+    switch (nv) {
+#define PP_GEMM_CASE(NV)                                         \
+  case NV:                                                       \
+    gemm_cols<T, NV, ACC>(A, ars, aks, b, ldb, o, ldo, rows, K); \
+    break;
+      PP_GEMM_CASE(1)
+      PP_GEMM_CASE(2)
+      PP_GEMM_CASE(3)
+      PP_GEMM_CASE(4)
+      PP_GEMM_CASE(5)
+      PP_GEMM_CASE(6)
+      PP_GEMM_CASE(7)
+      PP_GEMM_CASE(8)
+#undef PP_GEMM_CASE
     }
   }
-  for (int r = 0; r < RB; ++r)
-    for (int c = 0; c < CB; ++c) {
-      T* dst = acc_out + (r * ld_acc + c) * L;
-      for (int64_t ff = f; ff < F; ++ff) acc[r][c][0] += A[r * lda + ff] * B[c * ldb + ff];
-      store<T>(dst, load<T>(dst) + acc[r][c]);
-    }
 }
 
-// acc (R x C vectors of L lanes) += A (R x F) B^T, B being C x F.
 template <typename T>
-__attribute__((noinline)) void gemm_nt_acc(const T* A, int64_t lda, const T* B, int64_t ldb, T* acc,
-                                           int64_t R, int64_t C, int64_t F) {
-  constexpr int64_t L = Simd<T>::L;
-  int64_t r = 0;
-  for (; r + 4 <= R; r += 4) {
-    int64_t c = 0;
-    for (; c + 4 <= C; c += 4)
-      gemm_nt_block<T, 4, 4>(A + r * lda, lda, B + c * ldb, ldb, acc + (r * C + c) * L, C, F);
-    for (; c < C; ++c)
-      gemm_nt_block<T, 4, 1>(A + r * lda, lda, B + c * ldb, ldb, acc + (r * C + c) * L, C, F);
-  }
-  for (; r < R; ++r)
-    for (int64_t c = 0; c < C; ++c)
-      gemm_nt_block<T, 1, 1>(A + r * lda, lda, B + c * ldb, ldb, acc + (r * C + c) * L, C, F);
+inline typename Simd<T>::v load_n(const T* p, int64_t n) {
+  typename Simd<T>::v r = {};
+  std::memcpy(&r, p, n * sizeof(T));
+  return r;
 }
-
-// out (R x C) += the lane sums of acc.
 template <typename T>
-void gemm_nt_finish(const T* acc, T* out, int64_t n) {
-  constexpr int64_t L = Simd<T>::L;
-  for (int64_t i = 0; i < n; ++i) {
-    T sum = 0;
-    for (int64_t v = 0; v < L; ++v) sum += acc[i * L + v];
-    out[i] += sum;
-  }
+inline void store_n(T* p, typename Simd<T>::v v, int64_t n) {
+  std::memcpy(p, &v, n * sizeof(T));
 }
 
-struct Padded {
-  int64_t P, Wp, plane, band, ldm;  // pad, padded row stride, H*Wp, rows per band, band*Wp
+struct Fast {
+  int64_t R, Op, Cp, Wr;  // halo, O and C padded to the vector length, row length W + 2R
 };
 
-// Band rows <-> padded band rows (k*k*O planes of hb rows): the GEMMs run on unpadded rows.
-template <typename T>
-void expand_band(const T* src, T* dst, int64_t planes, int64_t hb, int64_t W, const Padded& d) {
-  for (int64_t t = 0; t < planes; ++t)
-    for (int64_t h = 0; h < hb; ++h) {
-      const T* s = src + (t * hb + h) * W;
-      std::copy(s, s + W, dst + t * d.ldm + h * d.Wp + d.P);
-    }
-}
-template <typename T>
-void compress_band(const T* src, T* dst, int64_t planes, int64_t hb, int64_t W, const Padded& d) {
-  for (int64_t t = 0; t < planes; ++t)
-    for (int64_t h = 0; h < hb; ++h) {
-      const T* s = src + t * d.ldm + h * d.Wp + d.P;
-      std::copy(s, s + W, dst + (t * hb + h) * W);
-    }
-}
-
-// Forward, horizontal pass over a band of hb image rows starting at row h0. Mb: the GEMM output
-// for the band, (k*k*O) x (hb*Wp), computed from the padded image (its pad columns are zero).
-// R: per scale k*O planes of (H + 2P) rows (pad rows zero); Rp: the same for the push.
-template <typename T>
-__attribute__((noinline)) void forward_band(const T* Mb, int64_t ldm, int64_t h0, int64_t hb,
-                                            const std::vector<const T*>& A,
-                                            const std::vector<int64_t>& S, T* Rp, T* R,
-                                            const Geometry& g, const Padded& d) {
-  const int64_t m = static_cast<int64_t>(A.size()), k = g.k;
-  const int64_t rplane = (g.H + 2 * d.P) * d.Wp, rblock = k * g.O * rplane;
-  const int64_t len = hb * d.Wp, lo = d.P, n = len - 2 * d.P;  // taps stay inside the band
+// Forward for one image (xn: H x W x C). For every output row y, emit(y, rows) receives the
+// push (rows[0 .. W*Op)) and pull responses (the next W*Op blocks), W x Op each.
+// Mrow: (W + 2R) x kk x Op with zero pad columns; Hr: (1 + m) x (H + 2R) x W x k x Op with zero
+// pad rows; rows: (1 + m) x W x Op.
+template <typename T, typename Emit>
+void forward_image(const T* xn, const T* KT, const std::vector<const T*>& A,
+                   const std::vector<int64_t>& S, T* Mrow, T* Hr, T* rows, const Geometry& g,
+                   const Fast& f, Emit&& emit) {
+  constexpr int64_t L = Simd<T>::L;
+  const int64_t k = g.k, m = static_cast<int64_t>(A.size()), V = f.Op / L, p = g.p;
+  const int64_t ms = k * k * f.Op, hs = k * f.Op, hrow = g.W * hs;
+  const int64_t hplane = (g.H + 2 * f.R) * hrow;
   Taps<T> taps;
-  for (int64_t a = 0; a < k; ++a)
-    for (int64_t o = 0; o < g.O; ++o) {
-      const int64_t dst = (a * g.O + o) * rplane + (d.P + h0) * d.Wp + lo;
+  // horizontal passes, one input row at a time: M row = X row K'^T, then the stencils
+  for (int64_t y = 0; y < g.H; ++y) {
+    gemm<T, false>(xn + y * g.W * g.C, g.C, 1, KT, ms, Mrow + f.R * ms, ms, g.W, g.C, ms / L);
+    T* out = Hr + (f.R + y) * hrow;
+    for (int64_t a = 0; a < k; ++a) {
       taps.clear();
       for (int64_t b = 0; b < k; ++b)
-        taps.add(Mb + ((a * k + b) * g.O + o) * ldm + lo + b - g.p, T(1));
-      gather(Rp + dst, n, taps);
+        taps.add(Mrow + (f.R + b - p) * ms + (a * k + b) * f.Op, T(1));
+      stencil<T, false>(out + a * f.Op, hs, ms, g.W, V, taps);
       for (int64_t i = 0; i < m; ++i) {
         const int64_t q = S[i] / 2;
         taps.clear();
         for (int64_t b = 0; b < k; ++b)
           for (int64_t j = 0; j < S[i]; ++j)
             if (A[i][j * k + b] != T(0))
-              taps.add(Mb + ((a * k + b) * g.O + o) * ldm + lo + j - q, A[i][j * k + b]);
-        gather(R + i * rblock + dst, n, taps);
+              taps.add(Mrow + (f.R + j - q) * ms + (a * k + b) * f.Op, A[i][j * k + b]);
+        stencil<T, false>(out + (i + 1) * hplane + a * f.Op, hs, ms, g.W, V, taps);
       }
     }
-}
-
-// Forward, vertical pass, one output row at a time (writes the unpadded outputs P and Q_i).
-template <typename T>
-__attribute__((noinline)) void forward_vertical(const T* Rp, const T* R,
-                                                const std::vector<const T*>& A,
-                                                const std::vector<int64_t>& S, T* P,
-                                                const std::vector<T*>& Q, const Geometry& g,
-                                                const Padded& d) {
-  const int64_t m = static_cast<int64_t>(A.size()), k = g.k;
-  const int64_t rplane = (g.H + 2 * d.P) * d.Wp, rblock = k * g.O * rplane;
-  Taps<T> taps;
-  for (int64_t o = 0; o < g.O; ++o) {
+  }
+  // vertical passes, one output row at a time
+  for (int64_t y = 0; y < g.H; ++y) {
     taps.clear();
-    for (int64_t a = 0; a < k; ++a)
-      taps.add(Rp + (a * g.O + o) * rplane + (d.P - g.p + a) * d.Wp + d.P, T(1));
-    for (int64_t y = 0; y < g.H; ++y) gather(P + (o * g.H + y) * g.W, g.W, taps, y * d.Wp);
+    for (int64_t a = 0; a < k; ++a) taps.add(Hr + (f.R + y + a - p) * hrow + a * f.Op, T(1));
+    stencil<T, false>(rows, f.Op, hs, g.W, V, taps);
     for (int64_t i = 0; i < m; ++i) {
       const int64_t q = S[i] / 2;
       taps.clear();
       for (int64_t a = 0; a < k; ++a)
         for (int64_t ii = 0; ii < S[i]; ++ii)
           if (A[i][ii * k + a] != T(0))
-            taps.add(R + i * rblock + (a * g.O + o) * rplane + (d.P - q + ii) * d.Wp + d.P,
+            taps.add(Hr + (i + 1) * hplane + (f.R + y + ii - q) * hrow + a * f.Op,
                      A[i][ii * k + a]);
-      for (int64_t y = 0; y < g.H; ++y) gather(Q[i] + (o * g.H + y) * g.W, g.W, taps, y * d.Wp);
+      stencil<T, false>(rows + (i + 1) * g.W * f.Op, f.Op, hs, g.W, V, taps);
     }
+    emit(y, rows);
   }
 }
 
-// Backward, vertical transposes: gR_i[a][o][h] = sum_ii A_i[ii,a] gQ_i[o][h + q - ii], from the
-// incoming gradients copied into zero-padded planes of (H + 2P) x Wp (null when absent).
-// gR: per scale k*O planes of H x Wp; their pad columns come out zero.
-template <typename T>
-__attribute__((noinline)) void backward_vertical(const std::vector<const T*>& gQp,
-                                                 const std::vector<const T*>& A,
-                                                 const std::vector<int64_t>& S, T* gR,
-                                                 const Geometry& g, const Padded& d) {
-  const int64_t m = static_cast<int64_t>(A.size()), k = g.k;
-  const int64_t gplane = (g.H + 2 * d.P) * d.Wp, rblock = k * g.O * d.plane;
+// Backward for one image. G: (1 + m) zero-bordered incoming gradients, (H + 2R) x (W + 2R) x Op
+// each (G[j] null: no gradient for response j); U: m x (W + 2R) x k x Op with zero pad columns;
+// dMrow: W x kk x Op. Per row: dL/dM row, then gx row (W x Cp, written to gxrow(y), then done(y))
+// = dM row K' and gk (C x kk*Op) += X row^T dM row.
+template <typename T, typename GxRow, typename Done>
+void backward_image(const T* xn, const T* Kp, const std::vector<const T*>& G,
+                    const std::vector<const T*>& A, const std::vector<int64_t>& S, T* U, T* dMrow,
+                    T* gk, const Geometry& g, const Fast& f, GxRow&& gxrow, Done&& done) {
+  constexpr int64_t L = Simd<T>::L;
+  const int64_t k = g.k, m = static_cast<int64_t>(A.size()), V = f.Op / L, p = g.p;
+  const int64_t ms = k * k * f.Op, us = k * f.Op, uplane = f.Wr * us, grow = f.Wr * f.Op;
   Taps<T> taps;
-  for (int64_t i = 0; i < m; ++i) {
-    if (gQp[i] == nullptr) continue;
-    const int64_t q = S[i] / 2;
-    for (int64_t a = 0; a < k; ++a)
-      for (int64_t o = 0; o < g.O; ++o) {
+  for (int64_t y = 0; y < g.H; ++y) {
+    // vertical transposes: U_i[x][a] = sum_ii A_i[ii, a] G_i[y - ii + q][x]
+    for (int64_t i = 0; i < m; ++i) {
+      if (G[i + 1] == nullptr) continue;
+      const int64_t q = S[i] / 2;
+      for (int64_t a = 0; a < k; ++a) {
         taps.clear();
         for (int64_t ii = 0; ii < S[i]; ++ii)
           if (A[i][ii * k + a] != T(0))
-            taps.add(gQp[i] + o * gplane + (d.P + q - ii) * d.Wp, A[i][ii * k + a]);
-        gather(gR + i * rblock + (a * g.O + o) * d.plane, d.plane, taps);
+            taps.add(G[i + 1] + (f.R + y - ii + q) * grow + f.R * f.Op, A[i][ii * k + a]);
+        stencil<T, false>(U + i * uplane + f.R * us + a * f.Op, us, f.Op, g.W, V, taps);
       }
-  }
-}
-
-// Backward, horizontal transposes and the push's transpose for a band of hb rows from h0:
-// gMb = dL/dM for the band, (k*k*O) rows of stride ldm.
-template <typename T>
-__attribute__((noinline)) void backward_band(const T* gPp, const std::vector<const T*>& gQp,
-                                             const T* gR, int64_t ldm, int64_t h0, int64_t hb,
-                                             const std::vector<const T*>& A,
-                                             const std::vector<int64_t>& S, T* gMb,
-                                             const Geometry& g, const Padded& d) {
-  const int64_t m = static_cast<int64_t>(A.size()), k = g.k;
-  const int64_t gplane = (g.H + 2 * d.P) * d.Wp, rblock = k * g.O * d.plane;
-  const int64_t len = hb * d.Wp, lo = d.P, n = len - 2 * d.P, base = h0 * d.Wp + lo;
-  Taps<T> taps;
-  for (int64_t a = 0; a < k; ++a)
-    for (int64_t b = 0; b < k; ++b)
-      for (int64_t o = 0; o < g.O; ++o) {
+    }
+    // horizontal transposes: dM[x][ab] = G_0[y - a + p][x - b + p]
+    //                                   + sum_i sum_j A_i[j, b] U_i[x - j + q][a]
+    for (int64_t a = 0; a < k; ++a)
+      for (int64_t b = 0; b < k; ++b) {
+        T* out = dMrow + (a * k + b) * f.Op;
         taps.clear();
-        if (gPp != nullptr)
-          taps.add(gPp + o * gplane + (d.P + g.p - a) * d.Wp + base + g.p - b, T(1));
+        if (G[0] != nullptr) taps.add(G[0] + (f.R + y - a + p) * grow + (f.R + p - b) * f.Op, T(1));
+        stencil<T, false>(out, ms, f.Op, g.W, V, taps);
+        taps.clear();
         for (int64_t i = 0; i < m; ++i) {
-          if (gQp[i] == nullptr) continue;
+          if (G[i + 1] == nullptr) continue;
           const int64_t q = S[i] / 2;
           for (int64_t j = 0; j < S[i]; ++j)
             if (A[i][j * k + b] != T(0))
-              taps.add(gR + i * rblock + (a * g.O + o) * d.plane + base + q - j, A[i][j * k + b]);
+              taps.add(U + i * uplane + (f.R + q - j) * us + a * f.Op, A[i][j * k + b]);
         }
-        gather(gMb + ((a * k + b) * g.O + o) * ldm + lo, n, taps);
+        if (!taps.src.empty()) stencil<T, true>(out, ms, us, g.W, V, taps);
       }
-}
-
-// out = relu(P) - alpha_o * relu(-Q) over one image (O planes of n values); mask records the
-// signs the backward pass needs (bit 0: P > 0, bit 1: Q < 0), a byte instead of two floats.
-template <typename T>
-__attribute__((noinline)) void relu_epilogue(const T* P, const T* Q, const T* alpha, T* out,
-                                             uint8_t* mask, int64_t O, int64_t n) {
-  for (int64_t o = 0; o < O; ++o) {
-    const T a = alpha[o];
-    const T* p = P + o * n;
-    const T* q = Q + o * n;
-    T* r = out + o * n;
-    uint8_t* mk = mask + o * n;
-    for (int64_t x = 0; x < n; ++x) {
-      r[x] = std::max(p[x], T(0)) - a * std::max(-q[x], T(0));
-      mk[x] = static_cast<uint8_t>((p[x] > T(0)) | ((q[x] < T(0)) << 1));
+    if (T* gx = gxrow(y)) {
+      gemm<T, false>(dMrow, ms, 1, Kp, f.Cp, gx, f.Cp, g.W, ms, f.Cp / L);
+      done(y);
     }
+    if (gk != nullptr)  // rows c of X^T: element (c, x) at xn[(y*W + x)*C + c]
+      gemm<T, true>(xn + y * g.W * g.C, 1, g.C, dMrow, ms, gk, ms, g.C, g.W, ms / L);
   }
 }
 
-// Its backward, written into the zero-padded gradient planes of the push and the pull:
-// dL/dP = g [P > 0],  dL/dQ = alpha_o g [Q < 0].
+// out = relu(P) - alpha_o * relu(-Q) for one row (O valid lanes of Op per pixel), and the sign
+// mask the backward pass needs (bit 0: P > 0, bit 1: Q < 0), one byte per value.
 template <typename T>
-__attribute__((noinline)) void relu_epilogue_backward(const T* grad, const uint8_t* mask,
-                                                      const T* alpha, T* gPp, T* gQp,
-                                                      const Geometry& g, const Padded& d) {
-  const int64_t gplane = (g.H + 2 * d.P) * d.Wp;
-  for (int64_t o = 0; o < g.O; ++o) {
-    const T a = alpha[o];
-    for (int64_t y = 0; y < g.H; ++y) {
-      const int64_t src = (o * g.H + y) * g.W, dst = o * gplane + (d.P + y) * d.Wp + d.P;
-      for (int64_t x = 0; x < g.W; ++x) {
-        const T gv = grad[src + x];
-        const uint8_t mk = mask[src + x];
-        gPp[dst + x] = (mk & 1) ? gv : T(0);
-        gQp[dst + x] = (mk & 2) ? a * gv : T(0);
-      }
+void relu_row(const T* P, const T* Q, const T* alpha, T* out, uint8_t* mask, int64_t W, int64_t O,
+              int64_t Op) {
+  using Vec = typename Simd<T>::v;
+  constexpr int64_t L = Simd<T>::L;
+  typedef uint8_t Bytes __attribute__((vector_size(L)));
+  const Vec zero = {};
+  for (int64_t x = 0; x < W; ++x)
+    for (int64_t v = 0; v * L < O; ++v) {
+      const int64_t n = std::min<int64_t>(L, O - v * L), at = x * Op + v * L, to = x * O + v * L;
+      const Vec pv = load<T>(P + at), qv = load<T>(Q + at);
+      const Vec r = (pv > zero ? pv : zero) - load<T>(alpha + v * L) * (qv < zero ? -qv : zero);
+      const auto bits = ((pv > zero) & 1) | ((qv < zero) & 2);
+      const Bytes b = __builtin_convertvector(bits, Bytes);
+      store_n<T>(out + to, r, n);
+      std::memcpy(mask + to, &b, n);
     }
-  }
+}
+
+// Its backward into the zero-bordered gradient rows: G_0 = g [P > 0], G_1 = alpha_o g [Q < 0].
+template <typename T>
+void relu_row_backward(const T* grad, const uint8_t* mask, const T* alpha, T* G0, T* G1, int64_t W,
+                       int64_t O, int64_t Op) {
+  using Vec = typename Simd<T>::v;
+  constexpr int64_t L = Simd<T>::L;
+  typedef uint8_t Bytes __attribute__((vector_size(L)));
+  using Ints = decltype(Vec{} > Vec{});
+  const Vec zero = {};
+  for (int64_t x = 0; x < W; ++x)
+    for (int64_t v = 0; v * L < O; ++v) {
+      const int64_t n = std::min<int64_t>(L, O - v * L), at = x * Op + v * L, from = x * O + v * L;
+      const Vec gv = load_n<T>(grad + from, n);
+      Bytes b = {};
+      std::memcpy(&b, mask + from, n);
+      const Ints bits = __builtin_convertvector(b, Ints);
+      store<T>(G0 + at, (bits & 1) != 0 ? gv : zero);
+      store<T>(G1 + at, (bits & 2) != 0 ? load<T>(alpha + v * L) * gv : zero);
+    }
 }
 
 // The fast path: stride 1 and "same" padding (outputs as large as inputs).
 bool fast_path(const Geometry& g) { return g.s == 1 && g.p == g.k / 2; }
-
-Padded padding_for(const Geometry& g, const std::vector<at::Tensor>& bases) {
-  int64_t P = g.p;
-  for (const auto& b : bases) P = std::max(P, b.size(0) / 2);
-  const int64_t Wp = g.W + 2 * P;
-  // rows per band: the band's GEMM output (k*k*O x band*Wp) should stay in the L2 cache (~96 KB)
-  const int64_t band = std::clamp<int64_t>((96 * 1024) / (g.k * g.k * g.O * Wp * 4), 1, g.H);
-  return {P, Wp, g.H * Wp, band, band * Wp};
-}
 
 // A gradient passed as an empty tensor stands for zeros (that output was not used).
 inline bool present(const at::Tensor& t) { return t.defined() && t.numel() > 0; }
@@ -559,11 +504,6 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& weight, int64_t stride,
   return g;
 }
 
-// Per-channel alpha as O contiguous values (a scalar alpha is broadcast).
-at::Tensor channel_alpha(const at::Tensor& alpha, const at::Tensor& x, int64_t O) {
-  return alpha.detach().to(x.scalar_type()).reshape({-1}).expand({O}).contiguous();
-}
-
 // Raw pointers and sizes S_i of the bases (each S_i x k, contiguous, of type T).
 template <typename T>
 void basis_views(const std::vector<at::Tensor>& bases, std::vector<const T*>& A,
@@ -574,124 +514,142 @@ void basis_views(const std::vector<at::Tensor>& bases, std::vector<const T*>& A,
   }
 }
 
-// weight (O, C, k, k) -> K' ((k*k*O) x C), row (a*k + b)*O + o.
-at::Tensor tap_major(const at::Tensor& weight) {
-  return weight.permute({2, 3, 0, 1}).reshape({-1, weight.size(1)}).contiguous();
-}
-
 // What forward and backward both derive from their arguments.
 struct Call {
-  at::Tensor x, weight, kp;  // detached (worker threads run with grad mode on), contiguous
+  at::Tensor x;   // detached (worker threads run with grad mode on); NHWC on the fast path
+  at::Tensor kp;  // generic: K' (kk*O x C), row (a*k + b)*O + o; fast: K' padded (kk*Op x Cp)
+  at::Tensor kt;  // fast path: K'^T padded, C x (kk*Op)
   std::vector<at::Tensor> bases;
   Geometry g;
-  Padded d;
+  Fast f;
   bool fast;
   int64_t N, m, kk;
+  at::TensorOptions out_options() const {
+    return x.options().memory_format(fast ? at::MemoryFormat::ChannelsLast
+                                          : at::MemoryFormat::Contiguous);
+  }
 };
 
 Call prepare(const at::Tensor& x_in, const at::Tensor& weight_in, std::vector<at::Tensor> bases,
              int64_t stride, int64_t padding) {
   Call c;
-  c.x = x_in.detach().contiguous();
-  c.weight = weight_in.detach().to(c.x.scalar_type()).contiguous();
-  c.g = geometry(c.x, c.weight, stride, padding);
-  c.kp = tap_major(c.weight);
+  const at::Tensor weight = weight_in.detach().to(x_in.scalar_type());
+  c.g = geometry(x_in, weight, stride, padding);
+  c.fast = fast_path(c.g);
+  c.x = x_in.detach().contiguous(c.fast ? at::MemoryFormat::ChannelsLast
+                                        : at::MemoryFormat::Contiguous);
   for (auto& b : bases) b = b.detach().to(c.x.scalar_type()).contiguous();
   c.bases = std::move(bases);
-  c.fast = fast_path(c.g);
-  c.d = padding_for(c.g, c.bases);
   c.N = c.x.size(0);
   c.m = static_cast<int64_t>(c.bases.size());
   c.kk = c.g.k * c.g.k;
+  const int64_t L = c.x.element_size() == 4 ? Simd<float>::L : Simd<double>::L;
+  int64_t R = c.g.p;
+  for (const auto& b : c.bases) R = std::max(R, b.size(0) / 2);
+  c.f = {R, (c.g.O + L - 1) / L * L, (c.g.C + L - 1) / L * L, c.g.W + 2 * R};
+  const at::Tensor taps = weight.permute({2, 3, 0, 1});  // k x k x O x C
+  if (c.fast) {
+    const int64_t po = c.f.Op - c.g.O, pc = c.f.Cp - c.g.C;
+    c.kp = at::constant_pad_nd(taps, {0, pc, 0, po}).reshape({c.kk * c.f.Op, c.f.Cp}).contiguous();
+    c.kt = at::constant_pad_nd(weight.permute({1, 2, 3, 0}), {0, po})
+               .reshape({c.g.C, c.kk * c.f.Op})
+               .contiguous();
+  } else {
+    c.kp = taps.reshape({-1, c.g.C}).contiguous();
+  }
   return c;
 }
 
-// Returns [P, Q_1, ..., Q_m]; with relu_alpha (fast path, one scale) [out, mask] (plus Q when
-// keep_pull) where out = relu(P) - alpha * relu(-Q) is the rectified push-pull output
-// (Strisciuglio 2020) and mask the uint8 sign mask for the backward pass.
+// Per-channel alpha as n values (a scalar alpha is broadcast; zero beyond O).
+at::Tensor channel_alpha(const at::Tensor& alpha, const at::Tensor& x, int64_t O, int64_t n) {
+  const at::Tensor a = alpha.detach().to(x.scalar_type()).reshape({-1}).expand({O});
+  return at::constant_pad_nd(a, {0, n - O}).contiguous();
+}
+
+// Returns [R] with R = [P, Q_1, ..., Q_m] packed along the channels (N x (1+m)O x Ho x Wo;
+// channels_last on the fast path, contiguous otherwise). With relu_alpha (fast path, one scale):
+// [out, mask] (plus Q when keep_pull), out = relu(P) - alpha * relu(-Q) the rectified push-pull
+// output (Strisciuglio 2020) and mask the uint8 sign mask for the backward pass.
 std::vector<at::Tensor> pp_forward(const at::Tensor& x_in, const at::Tensor& weight_in,
                                    std::vector<at::Tensor> bases_in, int64_t stride,
                                    int64_t padding, const std::optional<at::Tensor>& relu_alpha,
                                    bool keep_pull) {
   at::NoGradGuard no_grad;  // autograd is handled in Python (fused.py)
   const Call c = prepare(x_in, weight_in, std::move(bases_in), stride, padding);
-  const at::Tensor &x = c.x, &kp = c.kp;
-  const std::vector<at::Tensor>& bases = c.bases;
+  const at::Tensor& x = c.x;
   const Geometry& g = c.g;
-  const Padded& d = c.d;
-  const bool fast = c.fast;
+  const Fast& f = c.f;
   const int64_t N = c.N, m = c.m, kk = c.kk;
   const bool relu = relu_alpha.has_value();
+  const auto opts = c.out_options();
   std::vector<at::Tensor> outs;
   at::Tensor alpha;
   if (relu) {
-    TORCH_CHECK(fast && m == 1, "push-pull kernel: relu epilogue needs stride 1, same padding");
-    alpha = channel_alpha(*relu_alpha, x, g.O);
-    outs.push_back(at::empty({N, g.O, g.Ho, g.Wo}, x.options()));
-    outs.push_back(at::empty({N, g.O, g.Ho, g.Wo}, x.options().dtype(at::kByte)));
-    if (keep_pull) outs.push_back(at::empty({N, g.O, g.Ho, g.Wo}, x.options()));
+    TORCH_CHECK(c.fast && m == 1, "push-pull kernel: relu epilogue needs stride 1, same padding");
+    alpha = channel_alpha(*relu_alpha, x, g.O, f.Op);
+    outs.push_back(at::empty({N, g.O, g.Ho, g.Wo}, opts));
+    outs.push_back(at::empty({N, g.O, g.Ho, g.Wo}, opts.dtype(at::kByte)));
+    if (keep_pull) outs.push_back(at::empty({N, g.O, g.Ho, g.Wo}, opts));
   } else {
-    for (int64_t i = 0; i <= m; ++i) outs.push_back(at::empty({N, g.O, g.Ho, g.Wo}, x.options()));
+    outs.push_back(at::empty({N, (1 + m) * g.O, g.Ho, g.Wo}, opts));
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pushpull_forward", [&] {
-    std::vector<const scalar_t*> A;
+    using T = scalar_t;
+    std::vector<const T*> A;
     std::vector<int64_t> S;
-    basis_views(bases, A, S);
+    basis_views(c.bases, A, S);
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      const int64_t rplane = (g.H + 2 * d.P) * d.Wp;
-      // scratch, allocated once per task; the zero borders are never written
-      // M: the GEMM output (unpadded rows); Mp: its band with padded rows (pad columns zero)
-      at::Tensor M = at::empty({kk * g.O, fast ? d.band * g.W : g.H * g.W}, x.options());
-      at::Tensor Mp = at::zeros({fast ? kk * g.O * d.ldm : 0}, x.options());
-      at::Tensor R = at::zeros({std::max<int64_t>(m, 1) * g.k * g.O * (fast ? rplane : g.H * g.Wo)},
-                               x.options());
-      at::Tensor Rp = at::zeros({fast ? g.k * g.O * rplane : 0}, x.options());
-      // with the ReLU epilogue, P and Q live in per-task scratch (Q in the output if kept)
-      at::Tensor scratch = relu ? at::empty({2, g.O * g.Ho * g.Wo}, x.options()) : at::Tensor();
-      for (int64_t n = begin; n < end; ++n) {
-        scalar_t* pp;
-        std::vector<scalar_t*> qs;
-        if (relu) {
-          pp = scratch[0].mutable_data_ptr<scalar_t>();
-          qs.push_back(keep_pull ? outs[2][n].mutable_data_ptr<scalar_t>()
-                                 : scratch[1].mutable_data_ptr<scalar_t>());
-        } else {
-          pp = outs[0][n].mutable_data_ptr<scalar_t>();
-          for (int64_t i = 0; i < m; ++i) qs.push_back(outs[i + 1][n].mutable_data_ptr<scalar_t>());
-        }
-        if (fast) {
-          const scalar_t* xn = x[n].const_data_ptr<scalar_t>();
-          for (int64_t h0 = 0; h0 < g.H; h0 += d.band) {
-            const int64_t hb = std::min(d.band, g.H - h0), len = hb * g.W;
-            scalar_t* mb = M.mutable_data_ptr<scalar_t>();
-            gemm_nn(kp.const_data_ptr<scalar_t>(), g.C, xn + h0 * g.W, g.H * g.W, mb, len, kk * g.O,
-                    g.C, len);
-            expand_band(mb, Mp.mutable_data_ptr<scalar_t>(), kk * g.O, hb, g.W, d);
-            forward_band<scalar_t>(Mp.const_data_ptr<scalar_t>(), d.ldm, h0, hb, A, S,
-                                   Rp.mutable_data_ptr<scalar_t>(), R.mutable_data_ptr<scalar_t>(),
-                                   g, d);
-          }
-          forward_vertical(Rp.const_data_ptr<scalar_t>(), R.const_data_ptr<scalar_t>(), A, S, pp,
-                           qs, g, d);
-          if (relu)
-            relu_epilogue(pp, qs[0], alpha.const_data_ptr<scalar_t>(),
-                          outs[0][n].mutable_data_ptr<scalar_t>(),
-                          outs[1][n].mutable_data_ptr<uint8_t>(), g.O, g.H * g.W);
-        } else {
-          at::mm_out(M, kp, x[n].view({g.C, g.H * g.W}));
-          const scalar_t* mp = M.const_data_ptr<scalar_t>();
-          push_forward_generic(mp, pp, g);
+      if (!c.fast) {  // generic geometry: NCHW, one library GEMM per image
+        at::Tensor M = at::empty({kk * g.O, g.H * g.W}, x.options());
+        at::Tensor Rs = at::empty({g.k * g.O * g.H * g.Wo}, x.options());
+        const int64_t plane = g.O * g.Ho * g.Wo;
+        for (int64_t n = begin; n < end; ++n) {
+          at::mm_out(M, c.kp, x[n].view({g.C, g.H * g.W}));
+          T* out = outs[0][n].mutable_data_ptr<T>();
+          push_forward_generic(M.const_data_ptr<T>(), out, g);
           for (int64_t i = 0; i < m; ++i)
-            pull_forward_generic(mp, A[i], S[i], R.mutable_data_ptr<scalar_t>(), qs[i], g);
+            pull_forward_generic(M.const_data_ptr<T>(), A[i], S[i], Rs.mutable_data_ptr<T>(),
+                                 out + (i + 1) * plane, g);
         }
+        return;
+      }
+      // per-task scratch; the zero borders are never written
+      at::Tensor Mrow = at::zeros({f.Wr * kk * f.Op}, x.options());
+      at::Tensor Hr = at::zeros({(1 + m) * (g.H + 2 * f.R) * g.W * g.k * f.Op}, x.options());
+      at::Tensor rows = at::empty({(1 + m) * g.W * f.Op}, x.options());
+      const int64_t WOp = g.W * f.Op, HW = g.H * g.W, Ot = (1 + m) * g.O;
+      for (int64_t n = begin; n < end; ++n) {
+        const T* xn = x.const_data_ptr<T>() + n * HW * g.C;
+        auto emit_packed = [&](int64_t y, const T* r) {
+          T* dst = outs[0].mutable_data_ptr<T>() + (n * HW + y * g.W) * Ot;
+          for (int64_t xx = 0; xx < g.W; ++xx)
+            for (int64_t j = 0; j <= m; ++j)
+              std::memcpy(dst + xx * Ot + j * g.O, r + j * WOp + xx * f.Op, g.O * sizeof(T));
+        };
+        auto emit_relu = [&](int64_t y, const T* r) {
+          const int64_t at = (n * HW + y * g.W) * g.O;
+          relu_row(r, r + WOp, alpha.const_data_ptr<T>(), outs[0].mutable_data_ptr<T>() + at,
+                   outs[1].mutable_data_ptr<uint8_t>() + at, g.W, g.O, f.Op);
+          if (keep_pull) {
+            T* dst = outs[2].mutable_data_ptr<T>() + at;
+            for (int64_t xx = 0; xx < g.W; ++xx)
+              std::memcpy(dst + xx * g.O, r + WOp + xx * f.Op, g.O * sizeof(T));
+          }
+        };
+        T *mr = Mrow.mutable_data_ptr<T>(), *hr = Hr.mutable_data_ptr<T>(),
+          *rw = rows.mutable_data_ptr<T>();
+        if (relu)
+          forward_image(xn, c.kt.const_data_ptr<T>(), A, S, mr, hr, rw, g, f, emit_relu);
+        else
+          forward_image(xn, c.kt.const_data_ptr<T>(), A, S, mr, hr, rw, g, f, emit_packed);
       }
     });
   });
   return outs;
 }
 
-// grads: [dL/dP, dL/dQ_1, ...] (empty tensors count as zero). Returns (dL/dx, dL/dweight).
-// With relu_alpha: grads = [dL/dout] and saved = [mask] from the forward pass.
+// grads: [dL/dR] for the packed responses R (an empty tensor counts as zero). Returns
+// (dL/dx, dL/dweight). With relu_alpha: grads = [dL/dout] and saved = [mask] from the forward.
 std::vector<at::Tensor> pp_backward(std::vector<at::Tensor> grads, const at::Tensor& x_in,
                                     const at::Tensor& weight_in, std::vector<at::Tensor> bases_in,
                                     int64_t stride, int64_t padding, bool need_x, bool need_w,
@@ -700,103 +658,104 @@ std::vector<at::Tensor> pp_backward(std::vector<at::Tensor> grads, const at::Ten
   at::NoGradGuard no_grad;
   const Call c = prepare(x_in, weight_in, std::move(bases_in), stride, padding);
   const at::Tensor& x = c.x;
-  const std::vector<at::Tensor>& bases = c.bases;
   const Geometry& g = c.g;
-  const Padded& d = c.d;
-  const bool fast = c.fast;
+  const Fast& f = c.f;
   const int64_t N = c.N, m = c.m, kk = c.kk;
   const bool relu = relu_alpha.has_value();
-  TORCH_CHECK(static_cast<int64_t>(grads.size()) == (relu ? 1 : m + 1),
-              "push-pull kernel: wrong grad count");
-  for (auto& gr : grads)
-    if (present(gr)) gr = gr.detach().to(x.scalar_type()).contiguous();
-  const at::Tensor kpt = c.kp.t().contiguous();
-  at::Tensor gx = need_x ? at::empty_like(x) : at::Tensor();
+  const auto fmt = c.fast ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  TORCH_CHECK(grads.size() == 1, "push-pull kernel: expected one gradient");
+  at::Tensor grad = grads[0];
+  if (!present(grad)) grad = at::zeros({N, (relu ? 1 : 1 + m) * g.O, g.Ho, g.Wo}, x.options());
+  grad = grad.detach().to(x.scalar_type()).contiguous(fmt);
+  at::Tensor gx = need_x ? at::empty(x.sizes(), c.out_options()) : at::Tensor();
+  const int64_t gk_cols = c.fast ? kk * f.Op : g.C;
   at::Tensor gk_parts =
-      need_w ? at::zeros({at::get_num_threads(), kk * g.O, g.C}, x.options()) : at::Tensor();
-  at::Tensor alpha;
+      need_w ? at::zeros({at::get_num_threads(), c.fast ? g.C : kk * g.O, gk_cols}, x.options())
+             : at::Tensor();
+  at::Tensor alpha, mask;
   if (relu) {
-    TORCH_CHECK(fast && m == 1 && saved.size() == 1, "push-pull kernel: bad relu backward call");
-    alpha = channel_alpha(*relu_alpha, x, g.O);
-    for (auto& t : saved) t = t.detach().contiguous();
+    TORCH_CHECK(c.fast && m == 1 && saved.size() == 1, "push-pull kernel: bad relu backward call");
+    alpha = channel_alpha(*relu_alpha, x, g.O, f.Op);
+    mask = saved[0].detach().contiguous(fmt);
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pushpull_backward", [&] {
-    std::vector<const scalar_t*> A;
+    using T = scalar_t;
+    std::vector<const T*> A;
     std::vector<int64_t> S;
-    basis_views(bases, A, S);
+    basis_views(c.bases, A, S);
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      // gM: dL/dM (unpadded rows; the whole image on the generic path, a band on the fast one);
-      // gMp: the band with padded rows as backward_band writes it
-      at::Tensor gM = at::zeros({kk * g.O, (fast ? d.band : g.H) * g.W}, x.options());
-      at::Tensor gMp = at::zeros({fast ? kk * g.O * d.ldm : 0}, x.options());
-      at::Tensor gR = at::zeros(
-          {std::max<int64_t>(m, 1) * g.k * g.O * (fast ? d.plane : g.H * g.Wo)}, x.options());
-      // zero-padded copies of the incoming gradients (fast path)
-      std::vector<at::Tensor> gpad;
-      if (fast)
-        for (int64_t i = 0; i <= m; ++i)
-          gpad.push_back(relu || present(grads[i])
-                             ? at::zeros({g.O, g.H + 2 * d.P, d.Wp}, x.options())
-                             : at::Tensor());
-      at::Tensor gk_local, gk_lanes;
-      if (need_w) gk_local = gk_parts[at::get_thread_num()];
-      if (need_w && fast) gk_lanes = at::zeros({kk * g.O * g.C * Simd<scalar_t>::L}, x.options());
-      for (int64_t n = begin; n < end; ++n) {
-        scalar_t* gmp = gM.mutable_data_ptr<scalar_t>();
-        if (fast) {
-          std::vector<const scalar_t*> gq(m, nullptr);
-          const scalar_t* gp = nullptr;
-          if (relu) {
-            relu_epilogue_backward(
-                grads[0][n].const_data_ptr<scalar_t>(), saved[0][n].const_data_ptr<uint8_t>(),
-                alpha.const_data_ptr<scalar_t>(), gpad[0].mutable_data_ptr<scalar_t>(),
-                gpad[1].mutable_data_ptr<scalar_t>(), g, d);
-            gp = gpad[0].const_data_ptr<scalar_t>();
-            gq[0] = gpad[1].const_data_ptr<scalar_t>();
-          } else {
-            for (int64_t i = 0; i <= m; ++i) {
-              if (!present(grads[i])) continue;
-              gpad[i].narrow(1, d.P, g.H).narrow(2, d.P, g.W).copy_(grads[i][n]);
-              (i == 0 ? gp : gq[i - 1]) = gpad[i].const_data_ptr<scalar_t>();
-            }
-          }
-          backward_vertical(gq, A, S, gR.mutable_data_ptr<scalar_t>(), g, d);
-          const scalar_t* xn = x[n].const_data_ptr<scalar_t>();
-          for (int64_t h0 = 0; h0 < g.H; h0 += d.band) {
-            const int64_t hb = std::min(d.band, g.H - h0), len = hb * g.W;
-            backward_band(gp, gq, gR.const_data_ptr<scalar_t>(), d.ldm, h0, hb, A, S,
-                          gMp.mutable_data_ptr<scalar_t>(), g, d);
-            compress_band(gMp.const_data_ptr<scalar_t>(), gmp, kk * g.O, hb, g.W, d);
-            if (need_x)
-              gemm_nn(kpt.const_data_ptr<scalar_t>(), kk * g.O, gmp, len,
-                      gx[n].mutable_data_ptr<scalar_t>() + h0 * g.W, g.H * g.W, g.C, kk * g.O, len);
-            if (need_w)
-              gemm_nt_acc(gmp, len, xn + h0 * g.W, g.H * g.W, gk_lanes.mutable_data_ptr<scalar_t>(),
-                          kk * g.O, g.C, len);
-          }
-        } else {
+      at::Tensor gk_local = need_w ? gk_parts[at::get_thread_num()] : at::Tensor();
+      if (!c.fast) {  // generic geometry: NCHW, library GEMMs
+        const at::Tensor kpt = c.kp.t();
+        at::Tensor gM = at::empty({kk * g.O, g.H * g.W}, x.options());
+        at::Tensor gR = at::empty({g.k * g.O * g.H * g.Wo}, x.options());
+        const int64_t plane = g.O * g.Ho * g.Wo;
+        for (int64_t n = begin; n < end; ++n) {
           gM.zero_();
-          if (present(grads[0]))
-            push_backward_generic(grads[0][n].const_data_ptr<scalar_t>(), gmp, g);
+          T* gmp = gM.mutable_data_ptr<T>();
+          const T* gn = grad[n].const_data_ptr<T>();
+          push_backward_generic(gn, gmp, g);
           for (int64_t i = 0; i < m; ++i)
-            if (present(grads[i + 1]))
-              pull_backward_generic(grads[i + 1][n].const_data_ptr<scalar_t>(), A[i], S[i],
-                                    gR.mutable_data_ptr<scalar_t>(), gmp, g);
-          const at::Tensor xn = x[n].view({g.C, g.H * g.W});
+            pull_backward_generic(gn + (i + 1) * plane, A[i], S[i], gR.mutable_data_ptr<T>(), gmp,
+                                  g);
           if (need_x) {
             at::Tensor gxn = gx[n].view({g.C, g.H * g.W});
             at::mm_out(gxn, kpt, gM);
           }
-          if (need_w) gk_local.addmm_(gM, xn.t());
+          if (need_w) gk_local.addmm_(gM, x[n].view({g.C, g.H * g.W}).t());
         }
+        return;
       }
-      if (need_w && fast)
-        gemm_nt_finish(gk_lanes.const_data_ptr<scalar_t>(), gk_local.mutable_data_ptr<scalar_t>(),
-                       kk * g.O * g.C);
+      const int64_t gplane = (g.H + 2 * f.R) * f.Wr * f.Op, HW = g.H * g.W;
+      at::Tensor Gs = at::zeros({(1 + m) * gplane}, x.options());
+      at::Tensor U = at::zeros({std::max<int64_t>(m, 1) * f.Wr * g.k * f.Op}, x.options());
+      at::Tensor dMrow = at::empty({g.W * kk * f.Op}, x.options());
+      at::Tensor gxrow = at::empty({g.W * f.Cp}, x.options());
+      T* G = Gs.mutable_data_ptr<T>();
+      std::vector<const T*> Gp;
+      for (int64_t j = 0; j <= m; ++j) Gp.push_back(G + j * gplane);
+      for (int64_t n = begin; n < end; ++n) {
+        const T* xn = x.const_data_ptr<T>() + n * HW * g.C;
+        // the incoming gradients into the interiors of the zero-bordered planes
+        for (int64_t y = 0; y < g.H; ++y) {
+          const int64_t row = ((f.R + y) * f.Wr + f.R) * f.Op;
+          if (relu) {
+            const int64_t at = (n * HW + y * g.W) * g.O;
+            relu_row_backward(grad.const_data_ptr<T>() + at, mask.const_data_ptr<uint8_t>() + at,
+                              alpha.const_data_ptr<T>(), G + row, G + gplane + row, g.W, g.O, f.Op);
+          } else {
+            const int64_t Ot = (1 + m) * g.O;
+            const T* src = grad.const_data_ptr<T>() + (n * HW + y * g.W) * Ot;
+            for (int64_t xx = 0; xx < g.W; ++xx)
+              for (int64_t j = 0; j <= m; ++j)
+                std::memcpy(G + j * gplane + row + xx * f.Op, src + xx * Ot + j * g.O,
+                            g.O * sizeof(T));
+          }
+        }
+        auto gx_row = [&](int64_t y) -> T* {
+          if (!need_x) return nullptr;
+          return f.Cp == g.C ? gx.mutable_data_ptr<T>() + (n * HW + y * g.W) * g.C
+                             : gxrow.mutable_data_ptr<T>();
+        };
+        auto gx_copy = [&](int64_t y) {
+          if (!need_x || f.Cp == g.C) return;
+          T* dst = gx.mutable_data_ptr<T>() + (n * HW + y * g.W) * g.C;
+          for (int64_t xx = 0; xx < g.W; ++xx)
+            std::memcpy(dst + xx * g.C, gxrow.const_data_ptr<T>() + xx * f.Cp, g.C * sizeof(T));
+        };
+        backward_image(xn, c.kp.const_data_ptr<T>(), Gp, A, S, U.mutable_data_ptr<T>(),
+                       dMrow.mutable_data_ptr<T>(),
+                       need_w ? gk_local.mutable_data_ptr<T>() : nullptr, g, f, gx_row, gx_copy);
+      }
     });
   });
   at::Tensor gw;
-  if (need_w) gw = gk_parts.sum(0).view({g.k, g.k, g.O, g.C}).permute({2, 3, 0, 1}).contiguous();
+  if (need_w) {
+    const at::Tensor gk = gk_parts.sum(0);
+    gw = c.fast ? gk.view({g.C, g.k, g.k, f.Op}).narrow(3, 0, g.O).permute({3, 0, 1, 2})
+                : gk.view({g.k, g.k, g.O, g.C}).permute({2, 3, 0, 1});
+    gw = gw.contiguous();
+  }
   return {gx, gw};
 }
 
