@@ -146,10 +146,21 @@ LAYERS = {
         4, 6, rectify="none", attention=SqueezeExcitation(6), pull_impl=impl
     ),
     "pp relu 20 channels": lambda impl: PushPullConv2d(4, 20, pull_impl=impl),
+    "pp linear": lambda impl: PushPullConv2d(4, 6, rectify="none", alpha=0.8, pull_impl=impl),
+    "pp attn se bias trainable alpha": lambda impl: PushPullConv2d(
+        4,
+        6,
+        rectify="none",
+        bias=True,
+        trainable_alpha=True,
+        attention=SqueezeExcitation(6),
+        pull_impl=impl,
+    ),
     "mspp": lambda impl: MultiScalePushPull(4, 6, pull_impl=impl),
     "mspp trainable alpha": lambda impl: MultiScalePushPull(
         4, 6, trainable_alpha=True, alpha=0.6, pull_impl=impl
     ),
+    "mspp no attention": lambda impl: MultiScalePushPull(4, 6, attention="none", pull_impl=impl),
     "mspp simam": lambda impl: MultiScalePushPull(4, 6, attention="simam", pull_impl=impl),
     "mspp bias": lambda impl: MultiScalePushPull(4, 6, bias=True, fusion_bias=True, pull_impl=impl),
     "mspp stride 2": lambda impl: MultiScalePushPull(4, 6, stride=2, pull_impl=impl),

@@ -19,11 +19,13 @@ class SqueezeExcitation(nn.Module):
         self.fc1 = nn.Linear(channels, hidden, bias=bias)
         self.fc2 = nn.Linear(hidden, channels, bias=bias)
 
+    def excite(self, z: torch.Tensor) -> torch.Tensor:
+        """The channel weights ``sigmoid(W2 relu(W1 z))`` (N, C) from channel means ``z`` (N, C)."""
+        return torch.sigmoid(self.fc2(torch.relu(self.fc1(z))))
+
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """The per-sample channel weights ``w`` of shape (N, C, 1, 1)."""
-        z = x.mean(dim=(2, 3))
-        w = torch.sigmoid(self.fc2(torch.relu(self.fc1(z))))
-        return w[:, :, None, None]
+        return self.excite(x.mean(dim=(2, 3)))[:, :, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.weights(x)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -204,3 +205,83 @@ def pushpull_responses(
         return _PushPullResponses.apply(
             x, weight.to(x.dtype), stride, padding, *[b.to(x.dtype) for b in bases]
         )
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """N x C x H x W -> N x HW x C (a view of a channels_last tensor)."""
+    n, c, h, w = t.shape
+    return t.permute(0, 2, 3, 1).reshape(n, h * w, c)
+
+
+class _MixByMeans(torch.autograd.Function):
+    """``out[n] = f_n @ r[n] + bias_n`` with ``(f, bias) = build(mean_hw(r), *params)``.
+
+    One autograd node for the whole epilogue: the backward pass folds the gradient of the channel
+    means into the product for ``dL/dr`` (one pass over ``r`` instead of three) and runs the small
+    ``build`` graph (SE, alpha, fusion weights) with ``torch.autograd.grad``.
+    """
+
+    @staticmethod
+    def forward(ctx, r, build, *params):  # noqa: ANN001, ANN205
+        rf = _flat(r.contiguous(memory_format=torch.channels_last))
+        # non-leaf inputs (a clamped alpha) enter the small graph as fresh leaves, so that
+        # autograd.grad stops there and the outer graph receives their gradients from backward
+        params = tuple(
+            p.detach().requires_grad_(True) if p.requires_grad and p.grad_fn is not None else p
+            for p in params
+        )
+        with torch.enable_grad():
+            z = rf.mean(dim=1).detach().requires_grad_(True)
+            f, bias = build(z, *params)
+        out = torch.bmm(rf, f.detach().transpose(1, 2))
+        if bias is not None:
+            out += bias.detach()[:, None, :]
+        ctx.save_for_backward(rf)
+        ctx.graph = (z, f, bias, params)
+        n, _, h, w = r.shape
+        return out.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (rf,) = ctx.saved_tensors
+        z, f, bias, params = ctx.graph
+        n, o, h, w = grad.shape
+        g = _flat(grad.contiguous(memory_format=torch.channels_last))
+        outputs, cotangents = [], []
+        if f.requires_grad:
+            outputs.append(f)
+            cotangents.append(torch.bmm(g.transpose(1, 2), rf))
+        if bias is not None and bias.requires_grad:
+            outputs.append(bias)
+            cotangents.append(g.sum(dim=1))
+        inputs = [z] + [p for p in params if p.requires_grad]
+        grads = [None] * len(inputs)
+        if outputs:
+            with torch.enable_grad():
+                grads = torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
+        gz, it = grads[0], iter(grads[1:])
+        gparams = [next(it) if p.requires_grad else None for p in params]
+        if gz is None:
+            gr = torch.bmm(g, f.detach())
+        else:
+            gr = torch.baddbmm(gz[:, None, :] / (h * w), g, f.detach())
+        return (gr.view(n, h, w, -1).permute(0, 3, 1, 2), None, *gparams)
+
+
+def mix_by_means(
+    responses: torch.Tensor,
+    build: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+    *params: torch.Tensor,
+) -> torch.Tensor:
+    """A per-sample 1x1 convolution whose weights depend on the channel means of its input.
+
+    ``build(z, *params)`` gets the means ``z`` (N x C) of ``responses`` (N x C x H x W) and
+    returns ``(f, bias)``: weights N x O x C and a bias N x O (or None); the result is
+    ``f[n] @ responses[n] + bias[n]`` per pixel, channels_last. ``params`` are every tensor
+    ``build`` uses that needs a gradient; ``build`` must use non-leaf ones (a clamped alpha)
+    through its arguments, leaf parameters may be read from the module. The layers use it to
+    apply squeeze-and-excitation, the pull's alpha and (MSPP) the 1x1 fusion in one product on
+    the kernel's packed responses instead of splitting, scaling and concatenating full tensors.
+    """
+    return _MixByMeans.apply(responses, build, *params)

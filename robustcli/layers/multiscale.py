@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from robustcli.layers import fused
-from robustcli.layers.attention import make_attention
+from robustcli.layers.attention import SqueezeExcitation, make_attention
 from robustcli.layers.pushpull import PullResponse, use_fused
 
 DEFAULT_SCALES: tuple[float, ...] = (2.0, 3.0)
@@ -69,14 +69,17 @@ class MultiScalePushPull(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha = self.effective_alpha()
         if use_fused(self.pull_impl, x):
-            # push and every scale from one kernel call; it returns X*up_s(K) = -U_q^s
-            push, *qs = fused.pushpull_responses(
+            # push and every scale from one kernel call: [P, Q_1, ...], Q_s = X*up_s(K) = -U_q^s
+            r = fused.pushpull_responses(
                 x,
                 self.push.weight,
                 [pull.basis for pull in self.pulls],
                 self.push.stride[0],
                 self.push.padding[0],
-            ).split(self.push.out_channels, dim=1)
+            )
+            if self.attention is None or isinstance(self.attention, SqueezeExcitation):
+                return fused.like_input(self._mix(r, alpha), x)
+            push, *qs = r.split(self.push.out_channels, dim=1)
             if self.push.bias is not None:
                 push = push + self.push.bias.reshape(1, -1, 1, 1)
             u = fused.like_input(torch.cat([push] + [push + alpha * q for q in qs], dim=1), x)
@@ -87,3 +90,36 @@ class MultiScalePushPull(nn.Module):
         if self.attention is not None:
             u = self.attention(u)
         return self.fuse(u)
+
+    def _mix(self, r: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """SE and the 1x1 fusion of ``[U_p, V_1, ..., V_S]`` as one per-sample product on ``r``.
+
+        ``V_s = P + alpha*Q_s`` is linear in the responses ``r = [P, Q_1, ..., Q_S]`` and SE only
+        needs channel means (linear too), so ``fuse(SE(U_concat)) = F_n r`` with
+        ``E = W_fuse diag(s_n)`` split into blocks ``[E_0, E_1, ..., E_S]`` and
+        ``F_n = [E_0 + sum_s E_s, E_1 diag(alpha), ..., E_S diag(alpha)]``: no concat is built.
+        """
+        o, s = self.push.out_channels, len(self.scales)
+
+        def build(
+            z: torch.Tensor, alpha: torch.Tensor, *_: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+            n, a = z.shape[0], alpha.reshape(1, 1, -1)  # one alpha or one per channel of V_s
+            zp, zq = z[:, :o], z[:, o:].reshape(n, s, o)
+            if self.push.bias is not None:
+                zp = zp + self.push.bias
+            e = self.fuse.weight.reshape(1, o, (s + 1) * o).expand(n, -1, -1)
+            if self.attention is not None:
+                z_concat = torch.cat([zp, (zp[:, None] + a * zq).flatten(1)], dim=1)
+                e = e * self.attention.excite(z_concat)[:, None, :]
+            e0, es = e[..., :o], e[..., o:].reshape(n, o, s, o)
+            fp = e0 + es.sum(dim=2)
+            f = torch.cat([fp, (es * a.reshape(1, 1, 1, -1)).flatten(2)], dim=2)
+            bias = None
+            if self.push.bias is not None:  # U_p = P + b enters every block
+                bias = fp @ self.push.bias
+            if self.fuse.bias is not None:
+                bias = self.fuse.bias.expand(n, -1) if bias is None else bias + self.fuse.bias
+            return f, bias
+
+        return fused.mix_by_means(r, build, alpha, *self.parameters())

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcli.layers import fused
+from robustcli.layers.attention import SqueezeExcitation
 
 PULL_IMPLS = ("auto", "dense", "separable", "fused")
 
@@ -228,13 +229,12 @@ class PushPullConv2d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        linear = self.rectify == "none" and self.attention is None
-        if linear and self.pull_impl in ("auto", "dense"):
+        if use_fused(self.pull_impl, x):
+            return fused.like_input(self._forward_fused(x), x)
+        if self.rectify == "none" and self.attention is None and self.pull_impl != "separable":
             # Linear push-pull is one convolution with a tied kernel: compute it as such.
             pad = self.pull_size // 2 - self.kernel_size // 2 + self.padding
             return F.conv2d(x, self.folded_kernel(), self.push.bias, self.stride, pad)
-        if use_fused(self.pull_impl, x):
-            return fused.like_input(self._forward_fused(x), x)
         return self._combine(self.push(x), self.pull_response(x))
 
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,12 +246,33 @@ class PushPullConv2d(nn.Module):
             and fused.fast_geometry(self.kernel_size, self.stride, self.padding)
         ):
             return fused.pushpull_relu(x, w, self.pull.basis, self.effective_alpha())
-        push, q = fused.pushpull_responses(
-            x, w, [self.pull.basis], self.stride, self.padding
-        ).split(self.out_channels, dim=1)
+        r = fused.pushpull_responses(x, w, [self.pull.basis], self.stride, self.padding)
+        if self.rectify == "none" and (
+            self.attention is None or isinstance(self.attention, SqueezeExcitation)
+        ):
+            return self._mix(r)
+        push, q = r.split(self.out_channels, dim=1)
         if bias is not None:
             push = push + bias.reshape(1, -1, 1, 1)
         return self._combine(push, -q)
+
+    def _mix(self, r: torch.Tensor) -> torch.Tensor:
+        """Unrectified push-pull ``s_n * (P + b) + alpha * Q`` (``s_n``: SE weights of the push,
+        or 1) as one per-sample product ``[diag(s_n), diag(alpha)]`` on ``r = [P, Q]``."""
+        o, bias = self.out_channels, self.push.bias
+
+        def build(
+            z: torch.Tensor, alpha: torch.Tensor, *_: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+            s = z.new_ones(z.shape[0], o)
+            if self.attention is not None:
+                zp = z[:, :o] if bias is None else z[:, :o] + bias
+                s = self.attention.excite(zp)
+            a = (alpha.reshape(1, -1) * s.new_ones(1, o)).expand_as(s)
+            f = torch.cat([torch.diag_embed(s), torch.diag_embed(a)], dim=2)
+            return f, None if bias is None else s * bias
+
+        return fused.mix_by_means(r, build, self.effective_alpha(), *self.parameters())
 
     def _combine(self, push: torch.Tensor, pull: torch.Tensor) -> torch.Tensor:
         """``rect(push)`` (through the attention) minus ``alpha * rect(pull)``."""
