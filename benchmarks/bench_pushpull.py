@@ -9,7 +9,8 @@ MSPP layer <= 4x.
     python benchmarks/bench_pushpull.py --steps-only    # whole training steps only
 
 "auto" rows are the layers' default: the fused CPU kernel of robustcli/layers/fused.py (the
-first line printed says whether it compiled). Timings are medians; on a shared machine repeat the
+first line printed says whether it compiled), whose fast path works on channels_last data (a
+contiguous input costs two layout copies). Timings are medians; on a shared machine repeat the
 run and compare the ratios, which are measured side by side.
 """
 
@@ -67,7 +68,10 @@ def bench_layers(batch: int, channels: int, size: int, repeats: int) -> None:
             "PP relu (separable pull)": PushPullConv2d(
                 channels, channels, rectify="relu", pull_impl="separable"
             ),
-            "PP linear (folded kernel)": PushPullConv2d(channels, channels, rectify="none"),
+            "PP linear (auto: fused)": PushPullConv2d(channels, channels, rectify="none"),
+            "PP linear (dense: folded 7x7)": PushPullConv2d(
+                channels, channels, rectify="none", pull_impl="dense"
+            ),
             "PP attn SE (auto: fused)": PushPullConv2d(
                 channels, channels, rectify="none", attention=SqueezeExcitation(channels)
             ),

@@ -160,6 +160,13 @@ LAYERS = {
     "mspp trainable alpha": lambda impl: MultiScalePushPull(
         4, 6, trainable_alpha=True, alpha=0.6, pull_impl=impl
     ),
+    # 8 / 16 output channels fill float64 vectors: the kernel's own per-sample products
+    "pp attn se 8 channels": lambda impl: PushPullConv2d(
+        4, 8, rectify="none", attention=SqueezeExcitation(8), pull_impl=impl
+    ),
+    "mspp 16 channels trainable alpha": lambda impl: MultiScalePushPull(
+        4, 16, trainable_alpha=True, alpha=0.6, fusion_bias=True, pull_impl=impl
+    ),
     "mspp no attention": lambda impl: MultiScalePushPull(4, 6, attention="none", pull_impl=impl),
     "mspp simam": lambda impl: MultiScalePushPull(4, 6, attention="simam", pull_impl=impl),
     "mspp bias": lambda impl: MultiScalePushPull(4, 6, bias=True, fusion_bias=True, pull_impl=impl),
@@ -187,6 +194,23 @@ def test_layers_auto_equal_dense(name, layout):
     g_dense = torch.autograd.grad(y_dense, [x, *dense.parameters()], cot)
     for a, b in zip(g_auto, g_dense, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
+def test_mix_by_means_kernel_products_equal_bmm():
+    """The kernel's per-sample products (channels filling vectors) against torch.bmm."""
+    torch.manual_seed(5)
+    r = torch.randn(3, 5, 7, 32, dtype=torch.float64)  # N x HW x C
+    f = torch.randn(3, 16, 32, dtype=torch.float64)
+    g = torch.randn(3, 35, 16, dtype=torch.float64)
+    gz = torch.randn(3, 32, dtype=torch.float64)
+    r = r.reshape(3, 35, 32)
+    assert fused._lanes_fit(r, 16, 32)
+    ops = torch.ops.robustcli_pushpull
+    torch.testing.assert_close(ops.mix_forward(r, f), torch.bmm(r, f.transpose(1, 2)))
+    torch.testing.assert_close(ops.mix_grad_weight(g, r), torch.bmm(g.transpose(1, 2), r))
+    want = torch.bmm(g, f) + gz[:, None, :] / 35
+    torch.testing.assert_close(ops.mix_grad_input(g, f, gz), want)
+    torch.testing.assert_close(ops.mix_grad_input(g, f, gz.new_empty(0)), torch.bmm(g, f))
 
 
 def test_channels_last_in_channels_last_out():

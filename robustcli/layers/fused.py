@@ -213,6 +213,39 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1).reshape(n, h * w, c)
 
 
+def _lanes_fit(t: torch.Tensor, *channels: int) -> bool:
+    """Whether the kernel's per-sample products apply to ``t``: the channel counts that are
+    vectorised fill SIMD vectors of 64 bytes."""
+    lanes = 64 // t.element_size()
+    return _load() and all(c % lanes == 0 for c in channels)
+
+
+def _mix_forward(rf: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """``rf[n] @ f[n]^T`` (N x HW x O) for ``rf`` N x HW x C and ``f`` N x O x C."""
+    if _lanes_fit(rf, f.shape[1]):
+        return torch.ops.robustcli_pushpull.mix_forward(rf, f.contiguous())
+    return torch.bmm(rf, f.transpose(1, 2))
+
+
+def _mix_grad_input(g: torch.Tensor, f: torch.Tensor, gz: torch.Tensor | None) -> torch.Tensor:
+    """``g f + gz / HW``: the gradient of ``_mix_forward``'s input plus the channel means'."""
+    if _lanes_fit(g, f.shape[2]):
+        empty = g.new_empty(0)
+        return torch.ops.robustcli_pushpull.mix_grad_input(
+            g, f.contiguous(), empty if gz is None else gz.contiguous()
+        )
+    if gz is None:
+        return torch.bmm(g, f)
+    return torch.baddbmm(gz[:, None, :] / g.shape[1], g, f)
+
+
+def _mix_grad_weight(g: torch.Tensor, rf: torch.Tensor) -> torch.Tensor:
+    """``g^T rf``: the gradient of ``_mix_forward``'s weights."""
+    if _lanes_fit(rf, rf.shape[2]):
+        return torch.ops.robustcli_pushpull.mix_grad_weight(g, rf)
+    return torch.bmm(g.transpose(1, 2), rf)
+
+
 class _MixByMeans(torch.autograd.Function):
     """``out[n] = f_n @ r[n] + bias_n`` with ``(f, bias) = build(mean_hw(r), *params)``.
 
@@ -233,7 +266,7 @@ class _MixByMeans(torch.autograd.Function):
         with torch.enable_grad():
             z = rf.mean(dim=1).detach().requires_grad_(True)
             f, bias = build(z, *params)
-        out = torch.bmm(rf, f.detach().transpose(1, 2))
+        out = _mix_forward(rf, f.detach())
         if bias is not None:
             out += bias.detach()[:, None, :]
         ctx.save_for_backward(rf)
@@ -248,10 +281,12 @@ class _MixByMeans(torch.autograd.Function):
         z, f, bias, params = ctx.graph
         n, o, h, w = grad.shape
         g = _flat(grad.contiguous(memory_format=torch.channels_last))
+        # dL/df first (it needs no gz), then the small graph gives gz, then dL/dr in one pass
+        gf = _mix_grad_weight(g, rf) if f.requires_grad else None
         outputs, cotangents = [], []
         if f.requires_grad:
             outputs.append(f)
-            cotangents.append(torch.bmm(g.transpose(1, 2), rf))
+            cotangents.append(gf)
         if bias is not None and bias.requires_grad:
             outputs.append(bias)
             cotangents.append(g.sum(dim=1))
@@ -262,10 +297,7 @@ class _MixByMeans(torch.autograd.Function):
                 grads = torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
         gz, it = grads[0], iter(grads[1:])
         gparams = [next(it) if p.requires_grad else None for p in params]
-        if gz is None:
-            gr = torch.bmm(g, f.detach())
-        else:
-            gr = torch.baddbmm(gz[:, None, :] / (h * w), g, f.detach())
+        gr = _mix_grad_input(g, f.detach(), gz)
         return (gr.view(n, h, w, -1).permute(0, 3, 1, 2), None, *gparams)
 
 

@@ -759,9 +759,89 @@ std::vector<at::Tensor> pp_backward(std::vector<at::Tensor> grads, const at::Ten
   return {gx, gw};
 }
 
+// ---- Per-sample 1x1 products for the layers' epilogues (fused.mix_by_means) ----
+// r: N x HW x C, f: N x O x C, both contiguous; O and C multiples of the vector length.
+
+// out[n] = r[n] f[n]^T  (N x HW x O).
+at::Tensor mix_forward(const at::Tensor& r_in, const at::Tensor& f) {
+  at::NoGradGuard no_grad;
+  const at::Tensor r = r_in.contiguous();
+  const int64_t N = r.size(0), HW = r.size(1), C = r.size(2), O = f.size(1);
+  at::Tensor ft = f.transpose(1, 2).contiguous();  // N x C x O
+  at::Tensor out = at::empty({N, HW, O}, r.options());
+  AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "mix_forward", [&] {
+    using T = scalar_t;
+    constexpr int64_t L = Simd<T>::L;
+    TORCH_CHECK(O % L == 0, "mix: channels must be a multiple of the vector length");
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n)
+        gemm<T, false>(r.const_data_ptr<T>() + n * HW * C, C, 1, ft.const_data_ptr<T>() + n * C * O,
+                       O, out.mutable_data_ptr<T>() + n * HW * O, O, HW, C, O / L);
+    });
+  });
+  return out;
+}
+
+// dL/dr = g f + gz / HW (gz: N x C, the gradient of the channel means of r, broadcast over the
+// pixels; empty for none), for g = dL/dout (N x HW x O).
+at::Tensor mix_grad_input(const at::Tensor& g_in, const at::Tensor& f_in, const at::Tensor& gz) {
+  at::NoGradGuard no_grad;
+  const at::Tensor g = g_in.contiguous(), f = f_in.contiguous();
+  const int64_t N = g.size(0), HW = g.size(1), O = g.size(2), C = f.size(2);
+  at::Tensor gr = at::empty({N, HW, C}, g.options());
+  const bool with_gz = present(gz);
+  const at::Tensor gzs = with_gz ? (gz / static_cast<double>(HW)).contiguous() : gz;
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "mix_grad_input", [&] {
+    using T = scalar_t;
+    constexpr int64_t L = Simd<T>::L, chunk = 64;  // pixels per chunk: the chunk stays in L1
+    TORCH_CHECK(C % L == 0, "mix: channels must be a multiple of the vector length");
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const T* gn = g.const_data_ptr<T>() + n * HW * O;
+        T* grn = gr.mutable_data_ptr<T>() + n * HW * C;
+        for (int64_t p0 = 0; p0 < HW; p0 += chunk) {
+          const int64_t rows = std::min(chunk, HW - p0);
+          T* dst = grn + p0 * C;
+          if (with_gz) {
+            const T* zrow = gzs.const_data_ptr<T>() + n * C;
+            for (int64_t p = 0; p < rows; ++p) std::memcpy(dst + p * C, zrow, C * sizeof(T));
+          } else {
+            std::memset(dst, 0, rows * C * sizeof(T));
+          }
+          gemm<T, true>(gn + p0 * O, O, 1, f.const_data_ptr<T>() + n * O * C, C, dst, C, rows, O,
+                        C / L);
+        }
+      }
+    });
+  });
+  return gr;
+}
+
+// dL/df = g^T r (N x O x C).
+at::Tensor mix_grad_weight(const at::Tensor& g_in, const at::Tensor& r_in) {
+  at::NoGradGuard no_grad;
+  const at::Tensor g = g_in.contiguous(), r = r_in.contiguous();
+  const int64_t N = g.size(0), HW = g.size(1), O = g.size(2), C = r.size(2);
+  at::Tensor gf = at::empty({N, O, C}, g.options());
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "mix_grad_weight", [&] {
+    using T = scalar_t;
+    constexpr int64_t L = Simd<T>::L;
+    TORCH_CHECK(C % L == 0, "mix: channels must be a multiple of the vector length");
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n)  // rows o of g^T: element (o, p) at g[n][p][o]
+        gemm<T, false>(g.const_data_ptr<T>() + n * HW * O, 1, O, r.const_data_ptr<T>() + n * HW * C,
+                       C, gf.mutable_data_ptr<T>() + n * O * C, C, O, HW, C / L);
+    });
+  });
+  return gf;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(robustcli_pushpull, m) {
   m.def("forward", &pp_forward);
   m.def("backward", &pp_backward);
+  m.def("mix_forward", &mix_forward);
+  m.def("mix_grad_input", &mix_grad_input);
+  m.def("mix_grad_weight", &mix_grad_weight);
 }
