@@ -57,7 +57,7 @@ from robustcli.errors import CheckpointError, DataError, RobustError
 from robustcli.io import atomic_write, atomic_write_json, check_output, file_sha256, strict_json
 from robustcli.layers.attention import SimAM, SqueezeExcitation
 from robustcli.layers.multiscale import MultiScalePushPull
-from robustcli.layers.pushpull import PushPullConv2d, pull_kernel
+from robustcli.layers.pushpull import PushPullConv2d, pull_kernel, use_fused
 from robustcli.progress import progress_bar
 from robustcli.runtime import (
     SINGLE,
@@ -252,24 +252,32 @@ class FoldedMultiScalePushPull(nn.Module):
         return self.fuse(u)
 
 
-def fold_pushpull(model: nn.Module) -> dict[str, int]:
-    """Replace, in place, every push-pull layer that has an exactly equal linear form."""
-    counts = {"pushpull": 0, "mspp": 0}
+def fold_pushpull(model: nn.Module, keep_fused_on: torch.device | None = None) -> dict[str, int]:
+    """Replace, in place, every push-pull layer that has an exactly equal linear form.
+
+    With ``keep_fused_on``, layers that the fused CPU kernel computes on that device are kept
+    (counted as ``kept``): the kernel is faster than their folded 7x7 / 9x9 convolutions.
+    """
+    counts = {"pushpull": 0, "mspp": 0, "kept": 0}
+    probe = None if keep_fused_on is None else torch.zeros(1, device=keep_fused_on)
 
     def visit(module: nn.Module) -> None:
         for name, child in list(module.named_children()):
-            if (
+            linear_pp = (
                 isinstance(child, PushPullConv2d)
                 and child.rectify == "none"
                 and child.attention is None
-            ):
+            )
+            if not (linear_pp or isinstance(child, MultiScalePushPull)):
+                visit(child)
+            elif probe is not None and use_fused(child.pull_impl, probe):
+                counts["kept"] += 1
+            elif linear_pp:
                 setattr(module, name, folded_pushpull(child))
                 counts["pushpull"] += 1
-            elif isinstance(child, MultiScalePushPull):
+            else:
                 setattr(module, name, FoldedMultiScalePushPull(child))
                 counts["mspp"] += 1
-            else:
-                visit(child)
 
     visit(model)
     return counts
@@ -330,7 +338,7 @@ def fuse_conv_bn(model: nn.Module) -> tuple[nn.Module, int]:
         owner = modules.get(src.target)
         if isinstance(owner, nn.Conv2d):
             target, attr = src.target, None
-        elif isinstance(owner, FoldedMultiScalePushPull):
+        elif isinstance(owner, FoldedMultiScalePushPull | MultiScalePushPull):
             target, attr = src.target, "fuse"
         else:
             continue
@@ -359,10 +367,13 @@ def prepare_for_inference(
     *,
     channels_last: bool | None = None,
     fold: bool = True,
+    keep_fused: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A copy of ``model`` for evaluation: eval mode, no gradients, exactly equal layers
     folded (``fold``), on ``device``, channels-last (default on CPU and CUDA).
 
+    ``keep_fused`` leaves the linear push-pull layers that the fused CPU kernel computes on
+    ``device`` unfolded (faster so; BatchNorms are still folded into the MSPP fusion conv).
     Returns ``(module, report)``; ``report`` says what was folded.
     """
     dev = torch.device(device)
@@ -371,10 +382,16 @@ def prepare_for_inference(
     m = copy.deepcopy(inner).eval()
     for p in m.parameters():
         p.requires_grad_(False)
-    report: dict[str, Any] = {"pushpull_folded": 0, "mspp_folded": 0, "batchnorm_folded": 0}
+    report: dict[str, Any] = {
+        "pushpull_folded": 0,
+        "mspp_folded": 0,
+        "pushpull_kept_for_kernel": 0,
+        "batchnorm_folded": 0,
+    }
     if fold:
-        counts = fold_pushpull(m)
+        counts = fold_pushpull(m, dev if keep_fused else None)
         report["pushpull_folded"], report["mspp_folded"] = counts["pushpull"], counts["mspp"]
+        report["pushpull_kept_for_kernel"] = counts["kept"]
         m, report["batchnorm_folded"] = fuse_conv_bn(m.eval())
     if channels_last is None:
         channels_last = dev.type in ("cpu", "cuda")

@@ -47,6 +47,7 @@ from robustcli.evaluate import (
     unaggregated_frame,
     write_eval_c,
 )
+from robustcli.layers import fused
 from robustcli.layers.multiscale import MultiScalePushPull
 from robustcli.layers.pushpull import PushPullConv2d
 from robustcli.registry import create_model, get_dataset_spec, resolve_config
@@ -235,7 +236,7 @@ def test_folding_is_exact(name, overrides, folded, all_bn):
     x = torch.randn(6, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)
-    net, report = prepare_for_inference(model, "cpu")
+    net, report = prepare_for_inference(model, "cpu", keep_fused=False)
     with torch.inference_mode():
         out = net(x.contiguous(memory_format=torch.channels_last))
     assert (report["pushpull_folded"], report["mspp_folded"]) == folded
@@ -247,6 +248,26 @@ def test_folding_is_exact(name, overrides, folded, all_bn):
     assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules()) != all_bn
     # the original model is untouched
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) > 0
+
+
+@pytest.mark.skipif(not fused.available(torch.zeros(1)), reason="fused CPU kernel unavailable")
+def test_layers_the_kernel_computes_stay_unfolded_on_cpu():
+    """By default the linear push-pull layers the fused kernel computes are kept (faster than
+    their folded 7x7/9x9 convolutions on CPU); the BatchNorm after MSPP still folds into its
+    fusion conv, and the outputs are unchanged."""
+    torch.manual_seed(0)
+    model = _randomize_bn(create_model("mspp-resnet20"))
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    net, report = prepare_for_inference(model, "cpu")
+    assert report["mspp_folded"] == 0 and report["pushpull_kept_for_kernel"] == 7
+    assert sum(isinstance(m, MultiScalePushPull) for m in net.modules()) == 7
+    assert report["batchnorm_folded"] > 0
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    with torch.inference_mode():
+        out = net(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
 def test_folded_layers_match_single_layers():
