@@ -106,6 +106,8 @@ class _PushPullResponses(torch.autograd.Function):
             ctx.needs_input_grad[1],
             [],
             None,
+            None,
+            None,
         )
         gx = gx if ctx.needs_input_grad[0] else None
         gw = gw if ctx.needs_input_grad[1] else None
@@ -141,6 +143,8 @@ class _PushPullReLU(torch.autograd.Function):
             ctx.needs_input_grad[1],
             [mask],
             alpha,
+            None,
+            None,
         )
         galpha = None
         if ctx.needs_input_grad[2]:
@@ -246,6 +250,53 @@ def _mix_grad_weight(g: torch.Tensor, rf: torch.Tensor) -> torch.Tensor:
     return torch.bmm(g.transpose(1, 2), rf)
 
 
+def _mix_apply(
+    rf: torch.Tensor, build: Callable, params: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, tuple]:
+    """Forward of the mix on flat responses ``rf`` (N x HW x C): ``(out, graph)``, ``out``
+    N x HW x O and ``graph`` what ``_mix_small_backward`` needs."""
+    # non-leaf inputs (a clamped alpha) enter the small graph as fresh leaves, so that
+    # autograd.grad stops there and the outer graph receives their gradients from backward
+    params = tuple(
+        p.detach().requires_grad_(True) if p.requires_grad and p.grad_fn is not None else p
+        for p in params
+    )
+    with torch.enable_grad():
+        z = rf.mean(dim=1).detach().requires_grad_(True)
+        f, bias = build(z, *params)
+    out = _mix_forward(rf, f.detach())
+    if bias is not None:
+        out += bias.detach()[:, None, :]
+    return out, (z, f, bias, params)
+
+
+def _mix_small_backward(
+    graph: tuple, g: torch.Tensor, rf: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor, list[torch.Tensor | None]]:
+    """From ``g = dL/dout`` (N x HW x O): ``dL/df`` (``g^T rf``) back through ``build`` to the
+    means' gradient ``gz`` and the parameters'. Returns ``(gz, f, param grads)``."""
+    z, f, bias, params = graph
+    outputs, cotangents = [], []
+    if f.requires_grad:
+        outputs.append(f)
+        cotangents.append(_mix_grad_weight(g, rf))
+    if bias is not None and bias.requires_grad:
+        outputs.append(bias)
+        cotangents.append(g.sum(dim=1))
+    inputs = [z] + [p for p in params if p.requires_grad]
+    grads = [None] * len(inputs)
+    if outputs:
+        with torch.enable_grad():
+            grads = torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
+    it = iter(grads[1:])
+    return grads[0], f.detach(), [next(it) if p.requires_grad else None for p in params]
+
+
+def _unflat(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """N x HW x C -> N x C x H x W (channels_last)."""
+    return t.view(t.shape[0], h, w, -1).permute(0, 3, 1, 2)
+
+
 class _MixByMeans(torch.autograd.Function):
     """``out[n] = f_n @ r[n] + bias_n`` with ``(f, bias) = build(mean_hw(r), *params)``.
 
@@ -257,48 +308,60 @@ class _MixByMeans(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, build, *params):  # noqa: ANN001, ANN205
         rf = _flat(r.contiguous(memory_format=torch.channels_last))
-        # non-leaf inputs (a clamped alpha) enter the small graph as fresh leaves, so that
-        # autograd.grad stops there and the outer graph receives their gradients from backward
-        params = tuple(
-            p.detach().requires_grad_(True) if p.requires_grad and p.grad_fn is not None else p
-            for p in params
-        )
-        with torch.enable_grad():
-            z = rf.mean(dim=1).detach().requires_grad_(True)
-            f, bias = build(z, *params)
-        out = _mix_forward(rf, f.detach())
-        if bias is not None:
-            out += bias.detach()[:, None, :]
+        out, ctx.graph = _mix_apply(rf, build, params)
         ctx.save_for_backward(rf)
-        ctx.graph = (z, f, bias, params)
-        n, _, h, w = r.shape
-        return out.view(n, h, w, -1).permute(0, 3, 1, 2)
+        return _unflat(out, r.shape[2], r.shape[3])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         (rf,) = ctx.saved_tensors
-        z, f, bias, params = ctx.graph
-        n, o, h, w = grad.shape
         g = _flat(grad.contiguous(memory_format=torch.channels_last))
-        # dL/df first (it needs no gz), then the small graph gives gz, then dL/dr in one pass
-        gf = _mix_grad_weight(g, rf) if f.requires_grad else None
-        outputs, cotangents = [], []
-        if f.requires_grad:
-            outputs.append(f)
-            cotangents.append(gf)
-        if bias is not None and bias.requires_grad:
-            outputs.append(bias)
-            cotangents.append(g.sum(dim=1))
-        inputs = [z] + [p for p in params if p.requires_grad]
-        grads = [None] * len(inputs)
-        if outputs:
-            with torch.enable_grad():
-                grads = torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
-        gz, it = grads[0], iter(grads[1:])
-        gparams = [next(it) if p.requires_grad else None for p in params]
-        gr = _mix_grad_input(g, f.detach(), gz)
-        return (gr.view(n, h, w, -1).permute(0, 3, 1, 2), None, *gparams)
+        gz, f, gparams = _mix_small_backward(ctx.graph, g, rf)
+        gr = _mix_grad_input(g, f, gz)
+        return (_unflat(gr, grad.shape[2], grad.shape[3]), None, *gparams)
+
+
+class _PushPullMix(torch.autograd.Function):
+    """The kernel's responses and ``_MixByMeans`` in one node (fast path, full vectors): the
+    backward pass turns ``dL/dout`` into the responses' gradients row by row inside the kernel,
+    so no N x HW x (1+m)O gradient tensor is written and read back."""
+
+    @staticmethod
+    def forward(ctx, x, weight, padding, build, n_bases, *rest):  # noqa: ANN001, ANN205
+        bases, params = rest[:n_bases], rest[n_bases:]
+        (packed,) = torch.ops.robustcli_pushpull.forward(
+            x, weight, list(bases), 1, padding, None, False
+        )
+        rf = _flat(packed)
+        out, ctx.graph = _mix_apply(rf, build, params)
+        ctx.save_for_backward(x, weight, rf, *bases)
+        ctx.padding = padding
+        return _unflat(out, packed.shape[2], packed.shape[3])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, weight, rf, *bases = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        gz, f, gparams = _mix_small_backward(ctx.graph, _flat(grad), rf)
+        gx, gw = torch.ops.robustcli_pushpull.backward(
+            [grad],
+            x,
+            weight,
+            bases,
+            1,
+            ctx.padding,
+            ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1],
+            [],
+            None,
+            f,
+            gz,
+        )
+        gx = gx if ctx.needs_input_grad[0] else None
+        gw = gw if ctx.needs_input_grad[1] else None
+        return (gx, gw, None, None, None) + (None,) * len(bases) + tuple(gparams)
 
 
 def mix_by_means(
@@ -317,3 +380,26 @@ def mix_by_means(
     the kernel's packed responses instead of splitting, scaling and concatenating full tensors.
     """
     return _MixByMeans.apply(responses, build, *params)
+
+
+def pushpull_mix(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bases: list[torch.Tensor],
+    stride: int,
+    padding: int,
+    build: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+    *params: torch.Tensor,
+) -> torch.Tensor:
+    """``mix_by_means(pushpull_responses(x, weight, bases, stride, padding), build, *params)``,
+    as one autograd node where the kernel's fast path applies and the channels fill vectors."""
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    o, k = weight.shape[0], weight.shape[-1]
+    with torch.autocast("cpu", enabled=False):
+        bases = [b.to(x.dtype) for b in bases]
+        if fast_geometry(k, stride, padding) and _lanes_fit(x, o):
+            return _PushPullMix.apply(
+                x, weight.to(x.dtype), padding, build, len(bases), *bases, *params
+            )
+        return mix_by_means(pushpull_responses(x, weight, bases, stride, padding), build, *params)

@@ -70,7 +70,7 @@ class MultiScalePushPull(nn.Module):
         alpha = self.effective_alpha()
         if use_fused(self.pull_impl, x):
             # push and every scale from one kernel call: [P, Q_1, ...], Q_s = X*up_s(K) = -U_q^s
-            r = fused.pushpull_responses(
+            args = (
                 x,
                 self.push.weight,
                 [pull.basis for pull in self.pulls],
@@ -78,8 +78,8 @@ class MultiScalePushPull(nn.Module):
                 self.push.padding[0],
             )
             if self.attention is None or isinstance(self.attention, SqueezeExcitation):
-                return fused.like_input(self._mix(r, alpha), x)
-            push, *qs = r.split(self.push.out_channels, dim=1)
+                return fused.like_input(self._mix(args, alpha), x)
+            push, *qs = fused.pushpull_responses(*args).split(self.push.out_channels, dim=1)
             if self.push.bias is not None:
                 push = push + self.push.bias.reshape(1, -1, 1, 1)
             u = fused.like_input(torch.cat([push] + [push + alpha * q for q in qs], dim=1), x)
@@ -91,8 +91,9 @@ class MultiScalePushPull(nn.Module):
             u = self.attention(u)
         return self.fuse(u)
 
-    def _mix(self, r: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """SE and the 1x1 fusion of ``[U_p, V_1, ..., V_S]`` as one per-sample product on ``r``.
+    def _mix(self, args: tuple, alpha: torch.Tensor) -> torch.Tensor:
+        """SE and the 1x1 fusion of ``[U_p, V_1, ..., V_S]`` as one per-sample product on the
+        kernel's responses ``r`` (``args``: the arguments of ``fused.pushpull_responses``).
 
         ``V_s = P + alpha*Q_s`` is linear in the responses ``r = [P, Q_1, ..., Q_S]`` and SE only
         needs channel means (linear too), so ``fuse(SE(U_concat)) = F_n r`` with
@@ -122,4 +123,4 @@ class MultiScalePushPull(nn.Module):
                 bias = self.fuse.bias.expand(n, -1) if bias is None else bias + self.fuse.bias
             return f, bias
 
-        return fused.mix_by_means(r, build, alpha, *self.parameters())
+        return fused.pushpull_mix(*args, build, alpha, *self.parameters())

@@ -246,19 +246,19 @@ class PushPullConv2d(nn.Module):
             and fused.fast_geometry(self.kernel_size, self.stride, self.padding)
         ):
             return fused.pushpull_relu(x, w, self.pull.basis, self.effective_alpha())
-        r = fused.pushpull_responses(x, w, [self.pull.basis], self.stride, self.padding)
         if self.rectify == "none" and (
             self.attention is None or isinstance(self.attention, SqueezeExcitation)
         ):
-            return self._mix(r)
+            return self._mix(x)
+        r = fused.pushpull_responses(x, w, [self.pull.basis], self.stride, self.padding)
         push, q = r.split(self.out_channels, dim=1)
         if bias is not None:
             push = push + bias.reshape(1, -1, 1, 1)
         return self._combine(push, -q)
 
-    def _mix(self, r: torch.Tensor) -> torch.Tensor:
+    def _mix(self, x: torch.Tensor) -> torch.Tensor:
         """Unrectified push-pull ``s_n * (P + b) + alpha * Q`` (``s_n``: SE weights of the push,
-        or 1) as one per-sample product ``[diag(s_n), diag(alpha)]`` on ``r = [P, Q]``."""
+        or 1) as one per-sample product ``[diag(s_n), diag(alpha)]`` on the kernel's ``[P, Q]``."""
         o, bias = self.out_channels, self.push.bias
 
         def build(
@@ -272,7 +272,16 @@ class PushPullConv2d(nn.Module):
             f = torch.cat([torch.diag_embed(s), torch.diag_embed(a)], dim=2)
             return f, None if bias is None else s * bias
 
-        return fused.mix_by_means(r, build, self.effective_alpha(), *self.parameters())
+        return fused.pushpull_mix(
+            x,
+            self.push.weight,
+            [self.pull.basis],
+            self.stride,
+            self.padding,
+            build,
+            self.effective_alpha(),
+            *self.parameters(),
+        )
 
     def _combine(self, push: torch.Tensor, pull: torch.Tensor) -> torch.Tensor:
         """``rect(push)`` (through the attention) minus ``alpha * rect(pull)``."""

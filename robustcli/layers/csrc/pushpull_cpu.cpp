@@ -654,7 +654,9 @@ std::vector<at::Tensor> pp_backward(std::vector<at::Tensor> grads, const at::Ten
                                     const at::Tensor& weight_in, std::vector<at::Tensor> bases_in,
                                     int64_t stride, int64_t padding, bool need_x, bool need_w,
                                     std::vector<at::Tensor> saved,
-                                    const std::optional<at::Tensor>& relu_alpha) {
+                                    const std::optional<at::Tensor>& relu_alpha,
+                                    const std::optional<at::Tensor>& mix_f,
+                                    const std::optional<at::Tensor>& mix_gz) {
   at::NoGradGuard no_grad;
   const Call c = prepare(x_in, weight_in, std::move(bases_in), stride, padding);
   const at::Tensor& x = c.x;
@@ -664,8 +666,22 @@ std::vector<at::Tensor> pp_backward(std::vector<at::Tensor> grads, const at::Ten
   const bool relu = relu_alpha.has_value();
   const auto fmt = c.fast ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   TORCH_CHECK(grads.size() == 1, "push-pull kernel: expected one gradient");
+  // with mix_f (N x O x (1+m)O): grads[0] is dL/dout for out = mix_f[n] R[n] per pixel, and
+  // dL/dR = mix_f^T dL/dout + mix_gz / HW is formed row by row (the layers' epilogue, fused.py)
+  const bool mix = mix_f.has_value();
+  TORCH_CHECK(!mix || (c.fast && !relu), "push-pull kernel: mix needs the fast path");
+  const int64_t Ct = (1 + m) * g.O;
+  at::Tensor mf, mgz;
+  if (mix) {
+    mf = mix_f->detach().to(x.scalar_type()).contiguous();
+    TORCH_CHECK(mf.size(0) == N && mf.size(2) == Ct, "push-pull kernel: bad mix weights");
+    mgz = at::zeros({N, Ct}, x.options());
+    if (mix_gz.has_value() && present(*mix_gz))
+      mgz = (mix_gz->detach().to(x.scalar_type()) / static_cast<double>(g.H * g.W)).contiguous();
+  }
   at::Tensor grad = grads[0];
-  if (!present(grad)) grad = at::zeros({N, (relu ? 1 : 1 + m) * g.O, g.Ho, g.Wo}, x.options());
+  if (!present(grad))
+    grad = at::zeros({N, mix ? mf.size(1) : (relu ? 1 : 1 + m) * g.O, g.Ho, g.Wo}, x.options());
   grad = grad.detach().to(x.scalar_type()).contiguous(fmt);
   at::Tensor gx = need_x ? at::empty(x.sizes(), c.out_options()) : at::Tensor();
   const int64_t gk_cols = c.fast ? kk * f.Op : g.C;
@@ -680,6 +696,7 @@ std::vector<at::Tensor> pp_backward(std::vector<at::Tensor> grads, const at::Ten
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pushpull_backward", [&] {
     using T = scalar_t;
+    TORCH_CHECK(!mix || Ct % Simd<T>::L == 0, "push-pull kernel: mix needs full vectors");
     std::vector<const T*> A;
     std::vector<int64_t> S;
     basis_views(c.bases, A, S);
@@ -711,6 +728,7 @@ std::vector<at::Tensor> pp_backward(std::vector<at::Tensor> grads, const at::Ten
       at::Tensor U = at::zeros({std::max<int64_t>(m, 1) * f.Wr * g.k * f.Op}, x.options());
       at::Tensor dMrow = at::empty({g.W * kk * f.Op}, x.options());
       at::Tensor gxrow = at::empty({g.W * f.Cp}, x.options());
+      at::Tensor mixrow = at::empty({mix ? g.W * Ct : 0}, x.options());
       T* G = Gs.mutable_data_ptr<T>();
       std::vector<const T*> Gp;
       for (int64_t j = 0; j <= m; ++j) Gp.push_back(G + j * gplane);
@@ -723,6 +741,19 @@ std::vector<at::Tensor> pp_backward(std::vector<at::Tensor> grads, const at::Ten
             const int64_t at = (n * HW + y * g.W) * g.O;
             relu_row_backward(grad.const_data_ptr<T>() + at, mask.const_data_ptr<uint8_t>() + at,
                               alpha.const_data_ptr<T>(), G + row, G + gplane + row, g.W, g.O, f.Op);
+          } else if (mix) {
+            const int64_t Om = mf.size(1);
+            T* tmp = mixrow.mutable_data_ptr<T>();
+            gemm<T, false>(grad.const_data_ptr<T>() + (n * HW + y * g.W) * Om, Om, 1,
+                           mf.const_data_ptr<T>() + n * Om * Ct, Ct, tmp, Ct, g.W, Om,
+                           Ct / Simd<T>::L);
+            const T* gz = mgz.const_data_ptr<T>() + n * Ct;
+            for (int64_t xx = 0; xx < g.W; ++xx)
+              for (int64_t j = 0; j <= m; ++j) {
+                T* dst = G + j * gplane + row + xx * f.Op;
+                const T* src = tmp + xx * Ct + j * g.O;
+                for (int64_t o = 0; o < g.O; ++o) dst[o] = src[o] + gz[j * g.O + o];
+              }
           } else {
             const int64_t Ot = (1 + m) * g.O;
             const T* src = grad.const_data_ptr<T>() + (n * HW + y * g.W) * Ot;
