@@ -221,14 +221,30 @@ def test_channels_last_in_channels_last_out():
     torch.testing.assert_close(y, layer(x.contiguous()))
 
 
-def test_auto_uses_dense_under_autocast_and_for_other_dtypes():
+def test_auto_selection_by_dtype_and_autocast():
     x = torch.randn(1, 2, 5, 5)
     assert use_fused("auto", x) and use_fused("fused", x)
     assert not use_fused("dense", x) and not use_fused("separable", x)
-    assert not use_fused("auto", x.half())
+    assert not use_fused("auto", x.half()) and not use_fused("auto", x.bfloat16())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not use_fused("auto", x)
-        assert use_fused("fused", x)
+        assert use_fused("auto", x) and use_fused("auto", x.bfloat16())
+
+
+@pytest.mark.parametrize("rectify", ["relu", "none"])
+def test_bf16_autocast_computes_push_pull_in_float32(rectify):
+    """Under bf16 autocast the kernel computes in float32: the result of the float32 layer."""
+    torch.manual_seed(6)
+    x = torch.randn(2, 4, 9, 9).bfloat16().float()
+    layers = [
+        PushPullConv2d(4, 16, rectify=rectify, attention=None),
+        MultiScalePushPull(4, 16),
+    ]
+    for layer in layers:
+        want = layer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = layer(x.bfloat16())
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want)
 
 
 def test_kernel_can_be_disabled_by_environment():

@@ -103,15 +103,14 @@ def pull_response_direct(
 def use_fused(impl: str, x: torch.Tensor) -> bool:
     """Whether a push-pull layer with ``pull_impl=impl`` computes ``x`` with the fused kernel.
 
-    ``"auto"`` picks it on CPU for float32/float64 inputs outside ``torch.compile`` and outside
-    bf16/fp16 autocast (where the low-precision oneDNN convolutions are faster); ``"fused"``
-    asks for it wherever the kernel is available. Everything else falls back to the dense pull.
+    ``"auto"`` and ``"fused"`` pick it on CPU for float32/float64 inputs, and for bfloat16 inputs
+    under autocast (the kernel then computes in float32: faster than oneDNN's bf16 dense pull,
+    see docs/results.md), outside ``torch.compile``. Everything else uses the dense pull.
     """
-    if impl not in ("auto", "fused") or x.dtype not in (torch.float32, torch.float64):
+    if impl not in ("auto", "fused") or torch.compiler.is_compiling():
         return False
-    if torch.compiler.is_compiling():
-        return False
-    if impl == "auto" and torch.is_autocast_enabled(x.device.type):
+    autocast_bf16 = x.dtype == torch.bfloat16 and torch.is_autocast_enabled(x.device.type)
+    if x.dtype not in (torch.float32, torch.float64) and not autocast_bf16:
         return False
     return fused.available(x)
 
@@ -166,12 +165,12 @@ class PushPullConv2d(nn.Module):
         attention: an optional module applied to the push response before subtracting the pull
             (paper A, eq. 2: ``U = attn(U_p) - alpha*U_q``).
         pull_impl: "auto" (default) uses the fused CPU kernel (``fused.py``: push and pull from
-            one GEMM plus fixed stencils) where ``use_fused`` allows it and the dense pull
-            elsewhere (GPU, autocast, torch.compile); "dense" computes the pull with one s x s
-            convolution of the resized kernel (the definition); "separable" uses the bilinear
-            factorisation (a fixed depthwise pre-filter and a 1x1 convolution with the push
-            weights); "fused" asks for the kernel wherever it is available. All are tested equal
-            to the definition (see benchmarks/bench_pushpull.py for their cost).
+            one GEMM plus fixed stencils) where ``use_fused`` allows it (CPU, also under bf16
+            autocast) and the dense pull elsewhere (GPU, torch.compile); "dense" computes the
+            pull with one s x s convolution of the resized kernel (the definition); "separable"
+            uses the bilinear factorisation (a fixed depthwise pre-filter and a 1x1 convolution
+            with the push weights); "fused" is the same as "auto". All are tested equal to the
+            definition (see benchmarks/bench_pushpull.py for their cost).
     """
 
     def __init__(
