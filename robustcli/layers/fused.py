@@ -174,6 +174,16 @@ def fast_geometry(kernel_size: int, stride: int, padding: int) -> bool:
     return kernel_size % 2 == 1 and stride == 1 and padding == kernel_size // 2
 
 
+def _kernel_dtype(
+    x: torch.Tensor, *tensors: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``x`` as the kernel computes it (float32/float64; other dtypes, e.g. bf16 under autocast,
+    in float32) and ``tensors`` (weights, alpha, bases) in that dtype."""
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    return x, [t.to(x.dtype) for t in tensors]
+
+
 def pushpull_relu(
     x: torch.Tensor, weight: torch.Tensor, basis: torch.Tensor, alpha: torch.Tensor
 ) -> torch.Tensor:
@@ -181,12 +191,9 @@ def pushpull_relu(
 
     ``alpha`` is a scalar tensor or one value per output channel (it may require grad).
     """
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
+    x, (w, a, b) = _kernel_dtype(x, weight, alpha, basis)
     with torch.autocast("cpu", enabled=False):
-        return _PushPullReLU.apply(
-            x, weight.to(x.dtype), alpha.to(x.dtype), weight.shape[-1] // 2, basis.to(x.dtype)
-        )
+        return _PushPullReLU.apply(x, w, a, weight.shape[-1] // 2, b)
 
 
 def pushpull_responses(
@@ -203,12 +210,9 @@ def pushpull_responses(
     result (N x (1+m)O x Ho x Wo) is channels_last on the fast path (stride 1, same padding),
     contiguous otherwise: split it with ``torch.split(out, O, dim=1)``.
     """
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
+    x, (weight, *bases) = _kernel_dtype(x, weight, *bases)
     with torch.autocast("cpu", enabled=False):
-        return _PushPullResponses.apply(
-            x, weight.to(x.dtype), stride, padding, *[b.to(x.dtype) for b in bases]
-        )
+        return _PushPullResponses.apply(x, weight, stride, padding, *bases)
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -393,13 +397,9 @@ def pushpull_mix(
 ) -> torch.Tensor:
     """``mix_by_means(pushpull_responses(x, weight, bases, stride, padding), build, *params)``,
     as one autograd node where the kernel's fast path applies and the channels fill vectors."""
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
+    x, (weight, *bases) = _kernel_dtype(x, weight, *bases)
     o, k = weight.shape[0], weight.shape[-1]
     with torch.autocast("cpu", enabled=False):
-        bases = [b.to(x.dtype) for b in bases]
         if fast_geometry(k, stride, padding) and _lanes_fit(x, o):
-            return _PushPullMix.apply(
-                x, weight.to(x.dtype), padding, build, len(bases), *bases, *params
-            )
+            return _PushPullMix.apply(x, weight, padding, build, len(bases), *bases, *params)
         return mix_by_means(pushpull_responses(x, weight, bases, stride, padding), build, *params)

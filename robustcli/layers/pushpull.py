@@ -267,7 +267,7 @@ class PushPullConv2d(nn.Module):
             if self.attention is not None:
                 zp = z[:, :o] if bias is None else z[:, :o] + bias
                 s = self.attention.excite(zp)
-            a = (alpha.reshape(1, -1) * s.new_ones(1, o)).expand_as(s)
+            a = alpha.reshape(1, -1).expand_as(s)  # one alpha or one per channel
             f = torch.cat([torch.diag_embed(s), torch.diag_embed(a)], dim=2)
             return f, None if bias is None else s * bias
 

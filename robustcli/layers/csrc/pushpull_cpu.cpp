@@ -329,6 +329,13 @@ inline void store_n(T* p, typename Simd<T>::v v, int64_t n) {
   std::memcpy(p, &v, n * sizeof(T));
 }
 
+// dst[x*ds .. x*ds + n) = src[x*ss .. x*ss + n) for x < count: n values per pixel between two
+// pixel layouts (the kernel's padded lanes and a tensor's channels).
+template <typename T>
+inline void copy_pixels(T* dst, int64_t ds, const T* src, int64_t ss, int64_t count, int64_t n) {
+  for (int64_t x = 0; x < count; ++x) std::memcpy(dst + x * ds, src + x * ss, n * sizeof(T));
+}
+
 struct Fast {
   int64_t R, Op, Cp, Wr;  // halo, O and C padded to the vector length, row length W + 2R
 };
@@ -622,19 +629,15 @@ std::vector<at::Tensor> pp_forward(const at::Tensor& x_in, const at::Tensor& wei
         const T* xn = x.const_data_ptr<T>() + n * HW * g.C;
         auto emit_packed = [&](int64_t y, const T* r) {
           T* dst = outs[0].mutable_data_ptr<T>() + (n * HW + y * g.W) * Ot;
-          for (int64_t xx = 0; xx < g.W; ++xx)
-            for (int64_t j = 0; j <= m; ++j)
-              std::memcpy(dst + xx * Ot + j * g.O, r + j * WOp + xx * f.Op, g.O * sizeof(T));
+          for (int64_t j = 0; j <= m; ++j)
+            copy_pixels(dst + j * g.O, Ot, r + j * WOp, f.Op, g.W, g.O);
         };
         auto emit_relu = [&](int64_t y, const T* r) {
           const int64_t at = (n * HW + y * g.W) * g.O;
           relu_row(r, r + WOp, alpha.const_data_ptr<T>(), outs[0].mutable_data_ptr<T>() + at,
                    outs[1].mutable_data_ptr<uint8_t>() + at, g.W, g.O, f.Op);
-          if (keep_pull) {
-            T* dst = outs[2].mutable_data_ptr<T>() + at;
-            for (int64_t xx = 0; xx < g.W; ++xx)
-              std::memcpy(dst + xx * g.O, r + WOp + xx * f.Op, g.O * sizeof(T));
-          }
+          if (keep_pull)
+            copy_pixels(outs[2].mutable_data_ptr<T>() + at, g.O, r + WOp, f.Op, g.W, g.O);
         };
         T *mr = Mrow.mutable_data_ptr<T>(), *hr = Hr.mutable_data_ptr<T>(),
           *rw = rows.mutable_data_ptr<T>();
@@ -757,10 +760,8 @@ std::vector<at::Tensor> pp_backward(std::vector<at::Tensor> grads, const at::Ten
           } else {
             const int64_t Ot = (1 + m) * g.O;
             const T* src = grad.const_data_ptr<T>() + (n * HW + y * g.W) * Ot;
-            for (int64_t xx = 0; xx < g.W; ++xx)
-              for (int64_t j = 0; j <= m; ++j)
-                std::memcpy(G + j * gplane + row + xx * f.Op, src + xx * Ot + j * g.O,
-                            g.O * sizeof(T));
+            for (int64_t j = 0; j <= m; ++j)
+              copy_pixels(G + j * gplane + row, f.Op, src + j * g.O, Ot, g.W, g.O);
           }
         }
         auto gx_row = [&](int64_t y) -> T* {
@@ -770,9 +771,8 @@ std::vector<at::Tensor> pp_backward(std::vector<at::Tensor> grads, const at::Ten
         };
         auto gx_copy = [&](int64_t y) {
           if (!need_x || f.Cp == g.C) return;
-          T* dst = gx.mutable_data_ptr<T>() + (n * HW + y * g.W) * g.C;
-          for (int64_t xx = 0; xx < g.W; ++xx)
-            std::memcpy(dst + xx * g.C, gxrow.const_data_ptr<T>() + xx * f.Cp, g.C * sizeof(T));
+          copy_pixels(gx.mutable_data_ptr<T>() + (n * HW + y * g.W) * g.C, g.C,
+                      gxrow.const_data_ptr<T>(), f.Cp, g.W, g.C);
         };
         backward_image(xn, c.kp.const_data_ptr<T>(), Gp, A, S, U.mutable_data_ptr<T>(),
                        dMrow.mutable_data_ptr<T>(),
