@@ -190,6 +190,8 @@ def load_dataset(
                 "point --data-dir at the right tree or use --dataset imagefolder"
             )
         return images, labels
+    if name in _IDX_FOLDERS:
+        return _load_idx(name, split, root)
     if name in _TORCHVISION:
         return _load_torchvision(name, split, root)
     raise DataError(f"dataset {name!r} has no loader: choose one of {', '.join(dataset_names())}")
@@ -237,6 +239,96 @@ def _torchvision_root(name: str, root: Path | None) -> Path:
     if root.name == first:
         return root.parent
     return root
+
+
+#: Folders of the IDX datasets under ``data_dir``, and the MD5 sums of MNIST's *decompressed*
+#: files (LeCun et al.'s published sums). Archives re-compressed by mirrors have other archive
+#: MD5s than torchvision's list, so the files are checked by their contents, not by their bytes.
+_IDX_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+_IDX_MD5 = {
+    "mnist": {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    }
+}
+
+
+def _idx_stems(split: str) -> tuple[str, str]:
+    prefix = "train" if split == "train" else "t10k"
+    return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+
+
+def _find_idx(raw: Path, stem: str) -> Path | None:
+    for path in (raw / stem, raw / f"{stem}.gz"):
+        if path.is_file():
+            return path
+    return None
+
+
+def read_idx(path: Path, ndim: int, expected_md5: str | None = None) -> np.ndarray:
+    """The uint8 array of one IDX file (``.gz`` or not), checked by its decompressed contents:
+    magic number, dimensions, length and, when given, the MD5 of the decompressed bytes."""
+    import gzip
+
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path} could not be read ({exc}): replace the file") from None
+    magic = 0x800 + ndim
+    if len(raw) < 4 + 4 * ndim or int.from_bytes(raw[:4], "big") != magic:
+        raise DataError(
+            f"{path} is not an IDX file of {ndim} dimension(s) (magic number "
+            f"{int.from_bytes(raw[:4], 'big') if len(raw) >= 4 else 'missing'}, expected "
+            f"{magic}): replace the file"
+        )
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    header = 4 + 4 * ndim
+    if len(raw) - header != int(np.prod(dims)):
+        raise DataError(
+            f"{path} holds {len(raw) - header} bytes of data but its header says {dims}: the file "
+            "is truncated or damaged, replace it"
+        )
+    if expected_md5 is not None:
+        got = hashlib.md5(raw).hexdigest()
+        if got != expected_md5:
+            raise DataError(
+                f"{path} is not the official file (MD5 of its contents {got}, expected "
+                f"{expected_md5}): replace it with the original"
+            )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _load_idx(name: str, split: str, root: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST / Fashion-MNIST from their IDX files (torchvision's ``<Name>/raw`` layout)."""
+    folder = _IDX_FOLDERS[name]
+    base = _torchvision_root(name, root)
+    raw = base / folder / "raw"
+    stems = _idx_stems(split)
+    paths = [_find_idx(raw, stem) for stem in stems]
+    if any(p is None for p in paths):
+        if root is not None and any(p is not None for p in paths):
+            missing = [s for s, p in zip(stems, paths, strict=True) if p is None]
+            raise DataError(
+                f"{raw} lacks {', '.join(missing)}(.gz): add the missing file(s) of {name}"
+            )
+        _load_torchvision(name, split, root)  # downloads (or says how to get the files)
+        paths = [_find_idx(raw, stem) for stem in stems]
+        if any(p is None for p in paths):
+            raise DataError(f"{name} files are not in {raw} after the download: fetch them there")
+    md5s = _IDX_MD5.get(name, {})
+    images = read_idx(paths[0], 3, md5s.get(stems[0]))  # type: ignore[arg-type]
+    labels = read_idx(paths[1], 1, md5s.get(stems[1]))  # type: ignore[arg-type]
+    if len(images) != len(labels):
+        raise DataError(
+            f"{paths[0]} has {len(images)} images but {paths[1]} has {len(labels)} labels: "
+            "replace the mismatched file"
+        )
+    if labels.size and int(labels.max()) > 9:
+        raise DataError(f"{paths[1]} has label {int(labels.max())}: {name} labels are 0..9")
+    x = torch.from_numpy(images.copy()).unsqueeze(1).contiguous()
+    return x, torch.from_numpy(labels.astype(np.int64))
 
 
 def _load_torchvision(

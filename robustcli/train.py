@@ -222,8 +222,28 @@ def describe_recipes() -> str:
 
 
 def milestone_epochs(milestones: Sequence[float], epochs: int) -> list[int]:
-    """Epoch numbers (0-based start of the lowered lr) of fractional milestones."""
-    return [max(1, round(f * epochs)) for f in milestones]
+    """Epoch numbers (0-based start of the lowered lr) of fractional milestones.
+
+    Each milestone is ``round(f * epochs)``; milestones inside the run (``f < 1``) stay distinct
+    and inside it (a short run keeps one epoch per learning-rate stage rather than dropping the
+    rate twice at once), e.g. ``(0.5, 0.8)`` at 3 epochs gives ``[1, 2]``. A run too short for
+    the recipe's stages is refused.
+    """
+    ms = sorted(float(f) for f in milestones)
+    out = [max(1, round(f * epochs)) for f in ms]
+    inside = [i for i, f in enumerate(ms) if f < 1.0]
+    if len(inside) >= epochs:
+        raise RobustError(
+            f"--epochs {epochs} is too short for the recipe's {len(inside)} learning-rate drops: "
+            f"use --epochs {len(inside) + 1} or more, or a recipe without step drops (-r fast)"
+        )
+    upper = epochs - 1
+    for i in reversed(inside):  # keep each inside drop below the next one and the run's end
+        out[i] = min(out[i], upper)
+        upper = out[i] - 1
+    for k, i in enumerate(inside):  # and above the previous one
+        out[i] = max(out[i], k + 1, (out[inside[k - 1]] + 1) if k else 1)
+    return out
 
 
 def learning_rate(hp: Mapping[str, Any], step: int, steps_per_epoch: int, epochs: int) -> float:

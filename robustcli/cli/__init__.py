@@ -49,4 +49,25 @@ _register()
 
 
 def main() -> None:
-    app()
+    """Entry point of ``robust``: usage errors (bad option values, unknown options) are one line
+    on stderr with exit code 2, like every other error of the tool."""
+    import sys
+
+    # Typer >= 0.20 vendors click; the base class is found the same way in both layouts.
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    aborts = tuple(
+        c
+        for c in (typer.Abort, sys.modules.get(usage_error.__module__).__dict__.get("Abort"))
+        if c is not None
+    )
+    try:
+        rv = app(standalone_mode=False)
+    except usage_error as exc:
+        where = f" (robust {exc.ctx.command_path.split(' ', 1)[-1]} --help)" if exc.ctx else ""
+        msg = " ".join(exc.format_message().split())
+        print(f"error: {msg}{where}", file=sys.stderr)
+        sys.exit(2)
+    except aborts:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -32,3 +33,33 @@ def guarded(func: F) -> F:
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def in_range(
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+) -> Callable[[Any], Any]:
+    """A Typer ``callback`` that refuses a non-finite or out-of-range number (``None`` passes).
+
+    ``typer.Option(None, "--lr", callback=in_range("--lr", 0, 10, low_open=True))`` turns
+    ``--lr nan`` or ``--lr 1e30`` into a one-line usage error before any work starts.
+    """
+
+    def check(value: Any) -> Any:
+        if value is None:
+            return value
+        v = float(value)
+        bad = not math.isfinite(v)
+        bad = bad or (low is not None and (v <= low if low_open else v < low))
+        bad = bad or (high is not None and v > high)
+        if bad:
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+            hi = "" if high is None else f"<= {high:g}"
+            rule = " and ".join(x for x in (lo, hi) if x) or "finite"
+            raise typer.BadParameter(f"{name} {value} is out of range: give a number {rule}")
+        return value
+
+    return check
