@@ -8,12 +8,18 @@ int64 ``N``. Sources:
   in ``test`` (364 images), the rest in ``train`` (1,433). No download, no randomness.
 - ``cifar10``, ``mnist``, ``fashion-mnist``: torchvision's files (``cifar-10-batches-py``,
   ``MNIST/raw``, ``FashionMNIST/raw``) under ``data_dir`` or the cache directory, downloaded by
-  torchvision when missing; or an ImageFolder tree under ``data_dir``.
+  torchvision when missing (MNIST / Fashion-MNIST IDX files that are present are read by
+  ``read_idx``, checked by their decompressed contents, never downloaded again); or an
+  ImageFolder tree under ``data_dir``.
 - ``imagefolder``: any ImageFolder tree ``DIR/train/<class>/*`` and ``DIR/test/<class>/*``
   (``val`` is accepted for ``test``); its normalisation is computed from the training images.
 
-ImageFolder trees are decoded once into a cached safetensors file (see ``cache_dir``), keyed by
-the file list, sizes and modification times.
+ImageFolder trees take their classes (the folders of ``train/``) and channel count (1 only when
+every training image is grey) from the training split, for every split: a test split may lack
+classes, a class training did not have is an error. Hidden files (macOS ``._x.jpg``) are
+ignored; unreadable image files are skipped with a ``warning:`` line on stderr that counts and
+names them. Each split is decoded once into a cached safetensors file (see ``cache_dir``), keyed
+by the file list, sizes and modification times.
 
 ``InputAdapter`` maps a dataset's image shape to a model's input shape (bilinear resize, and
 channel replication or luma); it is recorded in every checkpoint so evaluation and attacks
@@ -29,6 +35,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import stat
+import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -40,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from robustcli.errors import DataError, RobustError
-from robustcli.io import atomic_write_bytes
+from robustcli.io import atomic_write_bytes, atomic_write_json
 from robustcli.registry import get_dataset_spec
 from robustcli.runtime import SINGLE, DistInfo
 
@@ -103,6 +111,11 @@ class DatasetInfo:
     std: tuple[float, ...]
     classes: tuple[str, ...]
 
+    @property
+    def channels(self) -> int:
+        """Channels of the dataset's images (an ImageFolder tree's: those of its training split)."""
+        return int(self.input_shape[0])
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
@@ -115,13 +128,15 @@ def dataset_names() -> list[str]:
 
 def dataset_info(name: str, data_dir: str | os.PathLike[str] | None = None) -> DatasetInfo:
     """Shape, classes and normalisation of ``name`` (from model_zoo.yaml; computed from the
-    training images for ``imagefolder``)."""
+    training images for ``imagefolder``: its classes are the folders of ``train/``, its channels
+    those of the training images; ``robust train`` records both in the checkpoint)."""
     if name == "imagefolder":
         if data_dir is None:
             raise DataError(
                 "--dataset imagefolder needs --data-dir DIR with train/<class>/ folders"
             )
-        images, _, classes = _load_imagefolder(Path(data_dir), "train", channels=None)
+        root = _data_root(data_dir)
+        images, _, classes = _load_imagefolder(root, "train", channels=None)
         x = images.double() / 255.0
         mean = tuple(round(float(v), 5) for v in x.mean(dim=(0, 2, 3)))
         std = tuple(round(float(v), 5) for v in x.std(dim=(0, 2, 3)))
@@ -158,20 +173,50 @@ def dataset_info(name: str, data_dir: str | os.PathLike[str] | None = None) -> D
 # --------------------------------------------------------------------------------------------
 
 
+def _data_root(data_dir: str | os.PathLike[str]) -> Path:
+    """``--data-dir`` as a path that exists and is a folder (an archive is the usual mistake)."""
+    root = Path(data_dir).expanduser()
+    try:
+        is_dir = root.is_dir()
+        exists = is_dir or root.exists()
+    except OSError as exc:
+        raise DataError(
+            f"data directory {root} cannot be reached ({exc.strerror or exc}): check --data-dir"
+        ) from None
+    if not exists:
+        raise DataError(f"data directory {root} does not exist: check --data-dir")
+    if not is_dir:
+        raise DataError(
+            f"data directory {root} is a file, not a folder: extract it if it is an archive and "
+            "pass the folder as --data-dir"
+        )
+    return root
+
+
 def load_dataset(
-    name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None
+    name: str,
+    split: str = "train",
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    classes: Sequence[str] | None = None,
+    channels: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (uint8, ``N x C x H x W``) and labels (int64) of one split of a dataset.
 
     ``data_dir`` may hold torchvision's files (e.g. ``cifar-10-batches-py``), be that folder
     itself, or be an ImageFolder tree with ``train/`` and ``test/``. Without it, torchvision
     datasets live in ``cache_dir()/<name>`` and are downloaded there when missing.
+
+    For ``imagefolder``, labels index the training classes: ``classes`` (e.g. the ones a
+    checkpoint recorded) or else the tree's ``train/`` folders, and images are decoded with
+    ``channels`` (1 or 3) or else the training split's. A test split may lack classes; a class
+    that training did not have is refused. Unreadable image files are skipped with a warning.
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: choose train or test")
-    root = Path(data_dir).expanduser() if data_dir is not None else None
-    if root is not None and not root.exists():
-        raise DataError(f"data directory {root} does not exist: check --data-dir")
+    root = _data_root(data_dir) if data_dir is not None else None
+    if channels is not None and channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels!r}")
     if name == "digits":
         return _load_digits(split)
     if name == "imagefolder":
@@ -179,16 +224,18 @@ def load_dataset(
             raise DataError(
                 "--dataset imagefolder needs --data-dir DIR with train/<class>/ folders"
             )
-        images, labels, _ = _load_imagefolder(root, split, channels=None)
+        images, labels, _ = _load_imagefolder(root, split, channels, classes)
         return images, labels
     info = dataset_info(name)
     if root is not None and _imagefolder_root(root) is not None:
-        images, labels, classes = _load_imagefolder(root, split, channels=info.input_shape[0])
-        if len(classes) != info.num_classes:
+        tree_classes, _ = _tree_info(root, info.channels)  # before decoding anything
+        if len(tree_classes) != info.num_classes:
             raise DataError(
-                f"{root} has {len(classes)} class folders but {name} has {info.num_classes}: "
-                "point --data-dir at the right tree or use --dataset imagefolder"
+                f"{root} has {len(tree_classes)} class folders but {name} has "
+                f"{info.num_classes}: point --data-dir at the right tree or use --dataset "
+                "imagefolder"
             )
+        images, labels, _ = _load_imagefolder(root, split, channels=info.channels)
         return images, labels
     if name in _IDX_FOLDERS:
         return _load_idx(name, split, root)
@@ -261,34 +308,58 @@ def _idx_stems(split: str) -> tuple[str, str]:
 
 
 def _find_idx(raw: Path, stem: str) -> Path | None:
+    """``stem`` or ``stem.gz`` in ``raw``; a folder where the file should be is an error (it
+    would otherwise look missing and start a download)."""
     for path in (raw / stem, raw / f"{stem}.gz"):
-        if path.is_file():
-            return path
+        try:
+            if path.is_file():
+                return path
+            if path.exists():
+                raise DataError(f"{path} is not a file: replace it with the IDX file of {stem}")
+        except OSError as exc:
+            raise DataError(
+                f"{path} cannot be reached ({exc.strerror or exc}): check the folder's permissions"
+            ) from None
     return None
 
 
 def read_idx(path: Path, ndim: int, expected_md5: str | None = None) -> np.ndarray:
-    """The uint8 array of one IDX file (``.gz`` or not), checked by its decompressed contents:
-    magic number, dimensions, length and, when given, the MD5 of the decompressed bytes."""
+    """The uint8 array of one IDX file (gzip-compressed or not: told by its first bytes, not
+    its name), checked by its decompressed contents: magic number, dimensions, length and,
+    when given, the MD5 of the decompressed bytes. Every failure is a one-line DataError."""
     import gzip
+    import math
+    import zlib
 
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path} could not be read ({exc}): replace the file") from None
-    magic = 0x800 + ndim
-    if len(raw) < 4 + 4 * ndim or int.from_bytes(raw[:4], "big") != magic:
+        raw = path.read_bytes()
+    except OSError as exc:
         raise DataError(
-            f"{path} is not an IDX file of {ndim} dimension(s) (magic number "
-            f"{int.from_bytes(raw[:4], 'big') if len(raw) >= 4 else 'missing'}, expected "
-            f"{magic}): replace the file"
+            f"{path} cannot be read ({exc.strerror or type(exc).__name__}): check its "
+            "permissions, or replace the file"
+        ) from None
+    if raw[:2] == b"\x1f\x8b":  # gzip's magic number
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(
+                f"{path} is a damaged gzip file ({str(exc).strip() or type(exc).__name__}): "
+                "replace the file"
+            ) from None
+    magic = 0x800 + ndim  # 0x08: unsigned bytes, then the number of dimensions
+    if len(raw) < 4 + 4 * ndim or int.from_bytes(raw[:4], "big") != magic:
+        found = f"0x{int.from_bytes(raw[:4], 'big'):08x}" if len(raw) >= 4 else "missing"
+        raise DataError(
+            f"{path} is not an IDX file of {ndim} dimension(s) (magic number {found}, expected "
+            f"0x{magic:08x}): replace the file"
         )
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     header = 4 + 4 * ndim
-    if len(raw) - header != int(np.prod(dims)):
+    if len(raw) - header != math.prod(dims):  # Python ints: no overflow on a damaged header
         raise DataError(
-            f"{path} holds {len(raw) - header} bytes of data but its header says {dims}: the file "
-            "is truncated or damaged, replace it"
+            f"{path} holds {len(raw) - header} bytes of data but its header says "
+            f"{'x'.join(map(str, dims))} = {math.prod(dims)}: the file is truncated or damaged, "
+            "replace it"
         )
     if expected_md5 is not None:
         got = hashlib.md5(raw).hexdigest()
@@ -300,11 +371,31 @@ def read_idx(path: Path, ndim: int, expected_md5: str | None = None) -> np.ndarr
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _load_idx(name: str, split: str, root: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST / Fashion-MNIST from their IDX files (torchvision's ``<Name>/raw`` layout)."""
+def _idx_dir(name: str, root: Path | None) -> Path:
+    """Where the IDX files of ``name`` are: ``<root>/<Name>/raw`` (torchvision's layout, also
+    for ``root`` = ``.../<Name>``), or ``root`` itself when it holds them directly."""
     folder = _IDX_FOLDERS[name]
-    base = _torchvision_root(name, root)
-    raw = base / folder / "raw"
+    default = _torchvision_root(name, root) / folder / "raw"
+    if root is None:
+        return default
+    stems = [s for split in SPLITS for s in _idx_stems(split)]
+    for candidate in (default, root):
+        if any(_exists(candidate / s) or _exists(candidate / f"{s}.gz") for s in stems):
+            return candidate
+    return default
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # no search permission: _find_idx says so when it is the chosen folder
+        return False
+
+
+def _load_idx(name: str, split: str, root: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST / Fashion-MNIST from their IDX files (torchvision's ``<Name>/raw`` layout); files
+    that are present are read, never downloaded again."""
+    raw = _idx_dir(name, root)
     stems = _idx_stems(split)
     paths = [_find_idx(raw, stem) for stem in stems]
     if any(p is None for p in paths):
@@ -317,16 +408,20 @@ def _load_idx(name: str, split: str, root: Path | None) -> tuple[torch.Tensor, t
         paths = [_find_idx(raw, stem) for stem in stems]
         if any(p is None for p in paths):
             raise DataError(f"{name} files are not in {raw} after the download: fetch them there")
+    image_path, label_path = paths[0], paths[1]
+    assert image_path is not None and label_path is not None
     md5s = _IDX_MD5.get(name, {})
-    images = read_idx(paths[0], 3, md5s.get(stems[0]))  # type: ignore[arg-type]
-    labels = read_idx(paths[1], 1, md5s.get(stems[1]))  # type: ignore[arg-type]
+    images = read_idx(image_path, 3, md5s.get(stems[0]))
+    labels = read_idx(label_path, 1, md5s.get(stems[1]))
     if len(images) != len(labels):
         raise DataError(
-            f"{paths[0]} has {len(images)} images but {paths[1]} has {len(labels)} labels: "
+            f"{image_path} has {len(images)} images but {label_path} has {len(labels)} labels: "
             "replace the mismatched file"
         )
-    if labels.size and int(labels.max()) > 9:
-        raise DataError(f"{paths[1]} has label {int(labels.max())}: {name} labels are 0..9")
+    if not len(labels):
+        raise DataError(f"{image_path} holds no images: replace it with the {name} file")
+    if int(labels.max()) > 9:
+        raise DataError(f"{label_path} has label {int(labels.max())}: {name} labels are 0..9")
     x = torch.from_numpy(images.copy()).unsqueeze(1).contiguous()
     return x, torch.from_numpy(labels.astype(np.int64))
 
@@ -360,6 +455,12 @@ def _load_torchvision(
                 "or an ImageFolder tree (train/<class>/, test/<class>/); "
                 "`--dataset digits` is the embedded offline default"
             ) from None
+    except (OSError, EOFError, ValueError) as exc:  # unreadable or damaged files, no download
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise DataError(
+            f"{name} files in {base / marker} cannot be read ({reason or type(exc).__name__}): "
+            "check their permissions, or replace them"
+        ) from None
     data = ds.data
     if isinstance(data, np.ndarray):  # CIFAR: N x H x W x C
         images = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2).contiguous()
@@ -369,30 +470,208 @@ def _load_torchvision(
     return images.to(torch.uint8), labels
 
 
+#: Image modes with one grey channel; every other mode (RGB, RGBA, P, CMYK, ...) is colour.
+_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+#: Folders that are never classes (macOS zip archives add them next to the real folders).
+_NOT_CLASSES = frozenset({"__MACOSX"})
+_NAMED = 3  # how many file names a message lists before "and N more"
+
+
+def _warn(message: str) -> None:
+    """One ``warning:`` line on stderr, on rank 0 of a ``torchrun`` job only: a data problem that
+    was worked around (the CLI's errors go to stderr too, so both read the same)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # no search permission on the parent: not a usable folder either
+        return False
+
+
 def _imagefolder_root(root: Path) -> Path | None:
-    if (root / "train").is_dir() and ((root / "test").is_dir() or (root / "val").is_dir()):
+    if _is_dir(root / "train") and (_is_dir(root / "test") or _is_dir(root / "val")):
         return root
     return None
 
 
 def _split_dir(root: Path, split: str) -> Path:
-    if split == "test" and not (root / "test").is_dir() and (root / "val").is_dir():
+    if split == "test" and not _is_dir(root / "test") and _is_dir(root / "val"):
         return root / "val"
     return root / split
 
 
-def _list_images(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    if not classes:
+def _entries(folder: Path) -> list[Path]:
+    """The visible entries of ``folder``, sorted. Hidden files (``.DS_Store``, the macOS
+    ``._x.jpg`` resource forks, editor swap files) are never images of the dataset."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise DataError(
+            f"{folder} cannot be listed ({why}): check that it is a readable folder"
+        ) from None
+    return sorted(p for p in entries if not p.name.startswith("."))
+
+
+def _class_names(split_dir: Path) -> list[str]:
+    return [p.name for p in _entries(split_dir) if p.name not in _NOT_CLASSES and _is_dir(p)]
+
+
+def _short(names: Sequence[str]) -> str:
+    """The first few names, comma-separated; a name with a line break or other control
+    character is quoted so that the message stays one line."""
+    more = f" and {len(names) - _NAMED} more" if len(names) > _NAMED else ""
+    shown = [n if n.isprintable() else repr(n) for n in names[:_NAMED]]
+    return ", ".join(shown) + more
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a file could not be read, in a few words (PIL's messages repeat the whole path)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()[0][:60] if str(exc).strip() else ""
+    return text or type(exc).__name__
+
+
+@dataclass
+class _Listing:
+    """The image files of one split: ``files`` with their labels, ``keys`` (one line per file:
+    name, label, size, mtime; the cache key) and ``skipped`` ((name, reason) of files that could
+    not even be looked at)."""
+
+    files: list[tuple[Path, int]]
+    keys: list[str]
+    skipped: list[tuple[str, str]]
+
+
+def _list_images(split_dir: Path, classes: Sequence[str], origin: str) -> _Listing:
+    """The image files of ``split_dir`` labelled by their class's index in ``classes`` (the
+    training classes, from ``origin``): a test split that lacks a class keeps the others'
+    labels, a test split with a class the model never saw is refused."""
+    index = {c: i for i, c in enumerate(classes)}
+    present = _class_names(split_dir)
+    if not present:
         raise DataError(f"{split_dir} has no class folders: expected {split_dir}/<class>/<image>")
-    files: list[tuple[Path, int]] = []
-    for label, cls in enumerate(classes):
-        for path in sorted((split_dir / cls).iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                files.append((path, label))
-    if not files:
-        raise DataError(f"{split_dir} has no images (png/jpg/...) in its class folders")
-    return classes, files
+    unknown = [c for c in present if c not in index]
+    if unknown:
+        raise DataError(
+            f"{split_dir} has class folder(s) {_short(unknown)} that the {len(classes)} training "
+            f"classes of {origin} ({_short(list(classes))}) lack: remove or rename them (a test "
+            "split's classes must be a subset of the training classes)"
+        )
+    listing = _Listing([], [], [])
+    for cls in present:
+        label = index[cls]
+        for path in _entries(split_dir / cls):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            rel = f"{cls}/{path.name}"
+            try:
+                st = path.stat()
+            except OSError as exc:  # a dangling link, or no search permission on the folder
+                listing.skipped.append((rel, _reason(exc)))
+                listing.keys.append(f"{rel}|{label}|unreadable")
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                listing.skipped.append((rel, "a folder, not a file"))
+                listing.keys.append(f"{rel}|{label}|not-a-file")
+                continue
+            listing.files.append((path, label))
+            listing.keys.append(f"{rel}|{label}|{st.st_size}|{st.st_mtime_ns}")
+    if not listing.files and not listing.skipped:
+        raise DataError(
+            f"{split_dir} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in its class folders"
+        )
+    return listing
+
+
+def _unreadable(folder: Path, n: int, skipped: Sequence[tuple[str, str]]) -> DataError:
+    name, why = skipped[0]
+    return DataError(
+        f"none of the {n} image files in {folder} can be read ({folder / name}: {why}): replace "
+        "or remove the damaged files"
+    )
+
+
+def _cache_file(root: Path, kind: str, digest: str, suffix: str) -> Path:
+    slug = "".join(c if c.isalnum() else "-" for c in root.resolve().name)[:40] or "data"
+    return cache_dir() / "imagefolder" / f"{slug}-{kind}-{digest}{suffix}"
+
+
+def _probe_mode(path: Path) -> str | None:
+    """The image's mode from its header (no decoding); None when it cannot be opened."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return str(img.mode)
+    except Exception:  # decoders of malformed files raise many types: unreadable is unreadable
+        return None
+
+
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)))
+
+
+def _tree_info(root: Path, channels: int | None = None) -> tuple[list[str], int]:
+    """The classes (sorted folder names of ``train/``) and channel count of an ImageFolder tree,
+    both from the training split, so that every split, and every model trained on the tree,
+    agrees on them. Channels: 1 when every readable training image is grey, else 3 (a few
+    grey images in a colour dataset are replicated, never the other way round). The channel
+    count is cached in ``cache_dir()/imagefolder/<name>-tree-<key>.json``, keyed by the class
+    folders and their modification times (which change when files are added, removed or
+    renamed), so that a cached tree costs a dozen ``stat`` calls, not one per image."""
+    train_dir = root / "train"
+    classes = _class_names(train_dir)
+    if not classes:
+        raise DataError(f"{train_dir} has no class folders: expected {train_dir}/<class>/<image>")
+    if channels is not None:
+        return classes, int(channels)
+    key = hashlib.sha256(f"{root.resolve()}|tree|{json.dumps(classes)}\n".encode())
+    for cls in classes:
+        try:
+            key.update(f"{cls}|{(train_dir / cls).stat().st_mtime_ns}\n".encode())
+        except OSError:
+            key.update(f"{cls}|unreadable\n".encode())
+    cached = _cache_file(root, "tree", key.hexdigest()[:20], ".json")
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        known = json.loads(cached.read_text())
+        if known.get("classes") == classes and known.get("channels") in (1, 3):
+            return classes, int(known["channels"])
+    listing = _list_images(train_dir, classes, str(train_dir))
+    with _pool() as pool:
+        modes = list(pool.map(_probe_mode, [p for p, _ in listing.files], chunksize=256))
+    readable = [m for m in modes if m is not None]
+    if not readable:
+        skipped = listing.skipped + [
+            (f"{p.parent.name}/{p.name}", "not an image")
+            for (p, _), m in zip(listing.files, modes, strict=True)
+            if m is None
+        ]
+        raise _unreadable(train_dir, len(listing.files) + len(listing.skipped), skipped)
+    channels = 1 if all(m in _GREY_MODES for m in readable) else 3
+    with contextlib.suppress(OSError):  # a read-only cache only costs the probe next time
+        atomic_write_json(cached, {"classes": classes, "channels": channels})
+    return classes, channels
+
+
+def imagefolder_layout(root: str | os.PathLike[str]) -> tuple[list[str], int]:
+    """The training classes and channel count of the ImageFolder tree at ``root`` (what every
+    split is labelled and decoded with; ``dataset_info`` records them in checkpoints)."""
+    path = Path(root).expanduser()
+    if _imagefolder_root(path) is None:
+        raise DataError(
+            f"{path} is not an ImageFolder tree: expected {path}/train/<class>/ and "
+            f"{path}/test/<class>/"
+        )
+    return _tree_info(path)
 
 
 def _decode(path: Path, mode: str) -> np.ndarray:
@@ -402,60 +681,100 @@ def _decode(path: Path, mode: str) -> np.ndarray:
         return np.asarray(img.convert(mode))
 
 
+def _try_decode(path: Path, mode: str) -> np.ndarray | str:
+    """The decoded image, or why it could not be decoded (a truncated or damaged file)."""
+    try:
+        return _decode(path, mode)
+    except Exception as exc:  # decoders of malformed files raise many types
+        return _reason(exc)
+
+
 def _load_imagefolder(
-    root: Path, split: str, channels: int | None
+    root: Path,
+    split: str,
+    channels: int | None,
+    classes: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Decode an ImageFolder split once; later calls read the cached tensor file."""
+    """Decode an ImageFolder split once; later calls read the cached tensor file.
+
+    Labels are indices into the training classes: ``classes`` when given (a checkpoint's),
+    else the folders of ``train/``. ``channels`` (1 or 3) defaults to the training split's
+    (see ``_tree_info``). Unreadable image files are skipped with a warning that names them;
+    a split with none readable is an error.
+    """
     if _imagefolder_root(root) is None:
         raise DataError(
             f"{root} is not an ImageFolder tree: expected {root}/train/<class>/ and "
             f"{root}/test/<class>/"
         )
+    if classes is None:
+        ref, channels = _tree_info(root, channels)
+        origin = str(root / "train")
+    else:
+        ref = [str(c) for c in classes]
+        if channels is None:
+            channels = _tree_info(root)[1]
+        origin = "the checkpoint"
     split_dir = _split_dir(root, split)
-    classes, files = _list_images(split_dir)
-    if channels is None:  # generic tree: grey if the first image is grey
-        from PIL import Image
-
-        with Image.open(files[0][0]) as img:
-            channels = 1 if img.mode in ("L", "1", "I;16", "I") else 3
+    listing = _list_images(split_dir, ref, origin)
     mode = "L" if channels == 1 else "RGB"
     key = hashlib.sha256()
-    key.update(f"{root.resolve()}|{split}|{mode}|{json.dumps(classes)}".encode())
-    for path, label in files:
-        st = path.stat()
-        key.update(
-            f"{path.relative_to(split_dir)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode()
-        )
-    digest = key.hexdigest()[:20]
-    slug = "".join(c if c.isalnum() else "-" for c in root.resolve().name)[:40] or "data"
-    cached = cache_dir() / "imagefolder" / f"{slug}-{split}-{mode}-{digest}.safetensors"
+    key.update(f"{root.resolve()}|{split}|{mode}|{json.dumps(ref)}\n".encode())
+    key.update("\n".join(listing.keys).encode())
+    cached = _cache_file(root, f"{split}-{mode}", key.hexdigest()[:20], ".safetensors")
+    n_files = len(listing.files) + len(listing.skipped)
     if cached.is_file():
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
 
         try:
-            t = load_file(str(cached))
-            return t["images"], t["labels"], classes
-        except (SafetensorError, OSError, KeyError):
+            with safe_open(str(cached), framework="pt") as f:
+                meta = f.metadata() or {}
+                images, labels = f.get_tensor("images"), f.get_tensor("labels")
+            skipped = [tuple(s) for s in json.loads(meta.get("skipped", "[]"))]
+            if skipped:
+                _skipped_warning(split_dir, n_files, skipped)  # type: ignore[arg-type]
+            return images, labels, ref
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError):
             pass  # a damaged cache is rebuilt below
-    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        arrays = list(pool.map(lambda f: _decode(f[0], mode), files, chunksize=256))
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
+    with _pool() as pool:
+        arrays = list(pool.map(lambda f: _try_decode(f[0], mode), listing.files, chunksize=256))
+    skipped = list(listing.skipped)
+    kept: list[tuple[Path, np.ndarray, int]] = []
+    for (path, label), a in zip(listing.files, arrays, strict=True):
+        if isinstance(a, str):
+            skipped.append((f"{path.parent.name}/{path.name}", a))
+        else:
+            kept.append((path, a, label))
+    if not kept:
+        raise _unreadable(split_dir, n_files, skipped)
+    first_path, first, _ = kept[0]
+    odd = next(((p, a) for p, a, _ in kept if a.shape != first.shape), None)
+    if odd is not None:
         raise DataError(
-            f"images in {split_dir} differ in size ({', '.join(map(str, sorted(shapes)[:3]))}): "
-            "resize them to one size first"
+            f"images in {split_dir} differ in size ({first_path.name}: {first.shape}, "
+            f"{odd[0].parent.name}/{odd[0].name}: {odd[1].shape}): resize them to one size first"
         )
-    stack = np.stack(arrays)
+    stack = np.stack([a for _, a, _ in kept])
     images = torch.from_numpy(stack[:, None] if stack.ndim == 3 else stack.transpose(0, 3, 1, 2))
     images = images.contiguous()
-    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    labels = torch.tensor([label for _, _, label in kept], dtype=torch.int64)
+    if skipped:
+        _skipped_warning(split_dir, n_files, skipped)
     from safetensors.torch import save
 
-    blob = save({"images": images, "labels": labels}, metadata={"classes": json.dumps(classes)})
+    meta = {"classes": json.dumps(ref), "channels": str(channels), "skipped": json.dumps(skipped)}
+    blob = save({"images": images, "labels": labels}, metadata=meta)
     with contextlib.suppress(OSError):  # a read-only cache only costs the decode next time
         atomic_write_bytes(cached, blob)
-    return images, labels, classes
+    return images, labels, ref
+
+
+def _skipped_warning(folder: Path, n: int, skipped: Sequence[tuple[str, str]]) -> None:
+    names = [f"{name} ({why})" for name, why in skipped]
+    _warn(
+        f"skipped {len(skipped)} of {n} image files in {folder} that cannot be read: "
+        f"{_short(names)}; replace or remove them"
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -54,7 +54,14 @@ from torch import nn
 
 from robustcli.corruptions import COMMON, CORRUPTIONS, GROUPS, SEVERITIES, corrupt
 from robustcli.errors import CheckpointError, DataError, RobustError
-from robustcli.io import atomic_write, atomic_write_json, check_output, file_sha256, strict_json
+from robustcli.io import (
+    atomic_write,
+    atomic_write_json,
+    check_output,
+    file_sha256,
+    output_lock,
+    strict_json,
+)
 from robustcli.layers.attention import SimAM, SqueezeExcitation
 from robustcli.layers.multiscale import MultiScalePushPull
 from robustcli.layers.pushpull import PushPullConv2d, pull_kernel, use_fused
@@ -137,7 +144,10 @@ def parse_severities(spec: str | int | Sequence[int] = "1-5") -> list[int]:
             ) from None
         for v in values:
             if v not in SEVERITIES:
-                raise RobustError(f"severity {v} is out of range: severities are 1 to 5")
+                where = f" (in {text!r})" if text != str(v) else ""
+                raise RobustError(
+                    f"severity {v}{where} is out of range: severities are 1 to 5, e.g. -s 1-5"
+                )
             out.add(v)
         if not values:
             raise RobustError(f"empty severity range {text!r}: write it low-high, e.g. 1-5")
@@ -416,6 +426,27 @@ class WorkItem:
     size: int
     load: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     label: str = ""
+
+
+def check_count(option: str, value: int | None) -> None:
+    """A count option (``--n-examples``, ``--batch-size``): None, or an integer >= 1."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise RobustError(f"{option} must be a whole number of at least 1, got {value!r}")
+
+
+def check_seed(seed: int) -> None:
+    """A generator seed: an integer >= 0 (NumPy's SeedSequence refuses negative ones)."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise RobustError(f"--seed must be a whole number of at least 0, got {seed!r}")
+
+
+def clamp_note(requested: int | None, actual: int, what: str) -> str | None:
+    """The line saying that ``-n requested`` was more than there is (None when it was not)."""
+    if requested is None or requested <= actual:
+        return None
+    return f"--n-examples {requested} is more than the {actual} {what}: using all {actual}"
 
 
 def _first_n(n_available: int, n_examples: int | None, what: str) -> int:
@@ -1047,12 +1078,14 @@ def check_outputs(out: str | os.PathLike[str], force: bool) -> dict[str, Path]:
 def write_eval_c(
     doc: Mapping[str, Any], out: str | os.PathLike[str], force: bool = False
 ) -> dict[str, Path]:
-    """Write the JSON and the unaggregated CSV atomically; returns their paths."""
-    paths = check_outputs(out, force)
-    frame = unaggregated_frame(doc)
-    with atomic_write(paths["csv"]) as fh:
-        fh.write(frame.to_csv())
-    atomic_write_json(paths["json"], doc)
+    """Write the JSON and the unaggregated CSV atomically; returns their paths. Another process
+    writing the same output meanwhile is refused (``output_lock``), so the pair stays one run's."""
+    with output_lock(output_paths(out)["json"]):
+        paths = check_outputs(out, force)  # again under the lock
+        frame = unaggregated_frame(doc)
+        with atomic_write(paths["csv"]) as fh:
+            fh.write(frame.to_csv())
+        atomic_write_json(paths["json"], doc)
     return paths
 
 
@@ -1083,13 +1116,22 @@ def load_clean(
     data_dir: str | os.PathLike[str] | None,
     n_examples: int | None = None,
     why: str = "",
+    *,
+    classes: Sequence[str] | None = None,
+    channels: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The clean test images (uint8 N x C x H x W) and labels standing for "the first n" (see
-    ``subset_indices``), with a description of the subset. ``why`` is appended to errors."""
+    ``subset_indices``), with a description of the subset. ``why`` is appended to errors.
+
+    ``n_examples`` above the test set's size takes the whole set (the subset says so; compare
+    ``images.shape[0]`` with it). ``classes`` / ``channels``: an ImageFolder tree's training
+    classes and channel count as a checkpoint recorded them (see ``load_dataset``).
+    """
     from robustcli.data import load_dataset
 
+    check_count("--n-examples", n_examples)
     try:
-        images, labels = load_dataset(dataset, "test", data_dir)
+        images, labels = load_dataset(dataset, "test", data_dir, classes=classes, channels=channels)
     except DataError as exc:
         raise DataError(f"{exc} ({why})" if why else str(exc)) from None
     idx, subset = subset_indices(labels, n_examples)
@@ -1125,11 +1167,21 @@ def run_eval_c(
     Exactly one of ``cifar_c_dir`` (official files) and ``generate`` (corrupt the clean test
     images on the fly, seeded by ``seed``) must be given. Clean accuracy uses the checkpoint's
     dataset test split from ``data_dir`` (``clean=False`` skips it; ``--generate`` needs it).
+
+    Numbers and selections are checked first (``RobustError``, before any file is read):
+    ``n_examples`` and ``batch_size`` >= 1, ``seed`` >= 0, severities in 1..5, known corruption
+    names. An ``n_examples`` above the images available evaluates them all: the document's
+    ``n_examples`` is the number evaluated, ``provenance.n_examples_requested`` the one asked for.
     """
     if (cifar_c_dir is None) == (not generate):
         raise RobustError(
             "choose the corrupted data: --cifar-c-dir DIR (the official files) or --generate"
         )
+    # every number is checked before any file is read, so a typo costs nothing
+    check_count("--n-examples", n_examples)
+    check_count("--batch-size", batch_size)
+    check_seed(seed)
+    requested_n = n_examples
     names = select_corruptions(corruptions)
     sevs = parse_severities(severities)
     baseline_doc = read_result(baseline) if baseline is not None else None
@@ -1143,11 +1195,26 @@ def run_eval_c(
         ck = load_checkpoint(ck_path)
         dataset = ck.dataset or "cifar10"
         official = OfficialSource(cifar_c_dir, names) if cifar_c_dir is not None else None
+        # -n above the images there are evaluates them all; the document records both numbers
+        if official is not None and n_examples is not None:
+            n_examples = min(n_examples, official.n_available)
         clean_data = None
         clean_info = None
         if generate or clean:
             why = "needed for --generate" if generate else "for clean accuracy; --no-clean skips it"
-            images, labels, subset = load_clean(dataset, data_dir, n_examples, why)
+            # an ImageFolder tree is labelled with the classes the model was trained on
+            layout: dict[str, Any] = {}
+            trained = ck.meta.get("classes")
+            if (
+                dataset == "imagefolder"
+                and isinstance(trained, list)
+                and trained
+                and all(isinstance(c, str) for c in trained)
+            ):
+                layout = {"classes": trained, "channels": ck.input.source_shape[0]}
+            images, labels, subset = load_clean(dataset, data_dir, n_examples, why, **layout)
+            if generate and n_examples is not None:
+                n_examples = min(n_examples, int(images.shape[0]))
             clean_data = (images, labels)
             clean_info = _clean_provenance(dataset, data_dir, data_label, subset)
         # Generated corruptions need RGB images: a model trained on a grey dataset through an
@@ -1200,6 +1267,7 @@ def run_eval_c(
         "dataset": ck.dataset,
         "checkpoint": str(path.resolve()),
         "sha256": file_sha256(path),
+        **ck.integrity_record(),  # verified: false for legacy / unverified files
         "config": ck.config,
         "normalization": ck.normalization,
         "input": ck.input.to_dict(),
@@ -1213,6 +1281,7 @@ def run_eval_c(
         "device": str(dev),
         "precision": prec,
         "n_examples": int(tally.total[0, 0]) if tally.total.size else 0,
+        "n_examples_requested": requested_n,
         "corrupted_data": source.provenance(),
         "clean_data": clean_info if clean else None,
         "inference": tally.report,

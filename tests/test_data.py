@@ -239,3 +239,176 @@ def test_jpeg_cifar_mirror_loads():
     x, y = load_dataset("cifar10", "test", root)
     assert x.shape == (10000, 3, 32, 32) and x.dtype == torch.uint8
     assert np.array_equal(torch.bincount(y).numpy(), np.full(10, 1000))
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST / Fashion-MNIST IDX files
+# --------------------------------------------------------------------------------------------
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file of uint8 ``array``: magic 0x0800 + ndim, big-endian dimensions, the data."""
+    header = (0x800 + array.ndim).to_bytes(4, "big")
+    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def _write_idx(folder: Path, stem: str, array: np.ndarray, gz: bool) -> Path:
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    blob = _idx_bytes(array)
+    path = folder / (f"{stem}.gz" if gz else stem)
+    path.write_bytes(gzip.compress(blob) if gz else blob)
+    return path
+
+
+def _mnist_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 6, 5), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8)
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """Any fall-back to torchvision (which would download) fails the test loudly."""
+
+    def download(*args, **kwargs):
+        raise AssertionError("torchvision / a download was attempted although files are present")
+
+    monkeypatch.setattr(data, "_load_torchvision", download)
+
+
+def _mnist_tree(root: Path, gz: bool, n_train: int = 7, n_test: int = 3) -> dict[str, tuple]:
+    raw = root / "MNIST" / "raw"
+    out = {}
+    for split, n, prefix in (("train", n_train, "train"), ("test", n_test, "t10k")):
+        x, y = _mnist_split(n, seed=n)
+        _write_idx(raw, f"{prefix}-images-idx3-ubyte", x, gz)
+        _write_idx(raw, f"{prefix}-labels-idx1-ubyte", y, gz)
+        out[split] = (x, y)
+    return out
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
+def test_idx_files_load_without_download(tmp_path, monkeypatch, no_download, gz):
+    monkeypatch.setattr(data, "_IDX_MD5", {})  # synthetic files: no official checksums
+    truth = _mnist_tree(tmp_path, gz)
+    for split in ("train", "test"):
+        x, y = load_dataset("mnist", split, tmp_path)
+        n = len(truth[split][1])
+        assert x.dtype == torch.uint8 and x.shape == (n, 1, 6, 5)
+        assert torch.equal(x[:, 0], torch.from_numpy(truth[split][0]))
+        assert y.dtype == torch.int64 and y.tolist() == truth[split][1].tolist()
+    # the MNIST folder itself, and a folder holding the files directly, work too
+    assert load_dataset("mnist", "test", tmp_path / "MNIST")[0].shape == (3, 1, 6, 5)
+    assert load_dataset("mnist", "test", tmp_path / "MNIST" / "raw")[0].shape == (3, 1, 6, 5)
+    # Fashion-MNIST reads the same layout under FashionMNIST/raw
+    (tmp_path / "MNIST").rename(tmp_path / "FashionMNIST")
+    assert load_dataset("fashion-mnist", "train", tmp_path)[1].shape == (7,)
+
+
+def _one_line_error(call) -> str:
+    with pytest.raises(DataError) as err:
+        call()
+    msg = str(err.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
+def test_damaged_idx_files_are_one_line_errors(tmp_path, monkeypatch, no_download, gz):
+    import gzip
+
+    monkeypatch.setattr(data, "_IDX_MD5", {})
+    _mnist_tree(tmp_path, gz)
+    raw = tmp_path / "MNIST" / "raw"
+    suffix = ".gz" if gz else ""
+    images = raw / f"t10k-images-idx3-ubyte{suffix}"
+    labels = raw / f"t10k-labels-idx1-ubyte{suffix}"
+    blob = images.read_bytes()
+
+    def load():
+        return load_dataset("mnist", "test", tmp_path)
+
+    # truncated: the archive (gz) or the data (raw) ends early
+    images.write_bytes(blob[: len(blob) - 10])
+    msg = _one_line_error(load)
+    assert str(images) in msg and ("truncated" in msg or "damaged gzip" in msg)
+    # a complete archive of a truncated IDX file is caught by its length
+    content = _idx_bytes(_mnist_split(3, 3)[0])[:-7]
+    images.write_bytes(gzip.compress(content) if gz else content)
+    msg = _one_line_error(load)
+    assert str(images) in msg and "truncated" in msg
+    # wrong magic number: a labels file where the images should be
+    y = _idx_bytes(np.zeros(3, dtype=np.uint8))
+    images.write_bytes(gzip.compress(y) if gz else y)
+    msg = _one_line_error(load)
+    assert str(images) in msg and "magic number 0x00000801" in msg and "0x00000803" in msg
+    # image and label counts differ
+    _write_idx(raw, "t10k-images-idx3-ubyte", _mnist_split(4, 4)[0], gz)
+    msg = _one_line_error(load)
+    assert "4 images" in msg and "3 labels" in msg and str(labels) in msg
+    # a label out of 0..9
+    _write_idx(raw, "t10k-images-idx3-ubyte", _mnist_split(3, 3)[0], gz)
+    _write_idx(raw, "t10k-labels-idx1-ubyte", np.array([1, 2, 12], dtype=np.uint8), gz)
+    msg = _one_line_error(load)
+    assert "label 12" in msg and str(labels) in msg
+
+
+def test_idx_md5_official_or_not(tmp_path, monkeypatch, no_download):
+    import hashlib
+
+    truth = _mnist_tree(tmp_path, gz=True)
+    content = {
+        "t10k-images-idx3-ubyte": _idx_bytes(truth["test"][0]),
+        "t10k-labels-idx1-ubyte": _idx_bytes(truth["test"][1]),
+    }
+    official = {k: hashlib.md5(v).hexdigest() for k, v in content.items()}
+    # checked by the decompressed contents: the re-compressed archive still counts as official
+    monkeypatch.setattr(data, "_IDX_MD5", {"mnist": official})
+    x, y = load_dataset("mnist", "test", tmp_path)
+    assert y.tolist() == truth["test"][1].tolist()
+    other = {**official, "t10k-labels-idx1-ubyte": "0" * 32}
+    monkeypatch.setattr(data, "_IDX_MD5", {"mnist": other})
+    msg = _one_line_error(lambda: load_dataset("mnist", "test", tmp_path))
+    assert "t10k-labels-idx1-ubyte.gz is not the official file" in msg
+    assert official["t10k-labels-idx1-ubyte"] in msg
+
+
+def test_unreadable_idx_files(tmp_path, monkeypatch, no_download):
+    monkeypatch.setattr(data, "_IDX_MD5", {})
+    _mnist_tree(tmp_path, gz=True)
+    raw = tmp_path / "MNIST" / "raw"
+    images = raw / "t10k-images-idx3-ubyte.gz"
+    real_read = Path.read_bytes
+
+    def denied(self):
+        if self == images:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "read_bytes", denied)
+        msg = _one_line_error(lambda: load_dataset("mnist", "test", tmp_path))
+    assert str(images) in msg and "Permission denied" in msg
+    # a folder where a file should be: an error, not a download
+    images.unlink()
+    images.mkdir()
+    msg = _one_line_error(lambda: load_dataset("mnist", "test", tmp_path))
+    assert str(images) in msg and "not a file" in msg
+    # --data-dir that is a file (an archive, say)
+    archive = tmp_path / "mnist.tar.gz"
+    archive.write_bytes(b"x")
+    msg = _one_line_error(lambda: load_dataset("mnist", "test", archive))
+    assert "is a file, not a folder" in msg
+
+
+@pytest.mark.slow
+def test_real_mnist_loads():
+    root = os.environ.get("ROBUSTCLI_MNIST_DIR")
+    if not root or not Path(root).is_dir():
+        pytest.skip("set ROBUSTCLI_MNIST_DIR to the folder holding MNIST/raw/")
+    for split, n in (("train", 60000), ("test", 10000)):
+        x, y = load_dataset("mnist", split, root)  # MD5 of the decompressed files checked
+        assert x.shape == (n, 1, 28, 28) and x.dtype == torch.uint8
+        assert sorted(torch.unique(y).tolist()) == list(range(10))

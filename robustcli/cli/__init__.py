@@ -61,7 +61,7 @@ def main() -> None:
         if c is not None
     )
     try:
-        rv = app(standalone_mode=False)
+        rv = app(standalone_mode=False, prog_name="robust")
     except usage_error as exc:
         where = f" (robust {exc.ctx.command_path.split(' ', 1)[-1]} --help)" if exc.ctx else ""
         msg = " ".join(exc.format_message().split())

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from robustcli.cli import app
-from robustcli.cli._common import console, err_console, guarded
+from robustcli.cli._common import console, err_console, guarded, in_range
 from robustcli.errors import RobustError
 from robustcli.render import render
 
@@ -33,7 +33,12 @@ def eval_c_command(
     generate: bool = typer.Option(
         False, "--generate", help="Corrupt the clean test images on the fly (seeded by --seed)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of --generate (same images as `corrupt`)."),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Seed of --generate (same images as `corrupt`); 0 or more.",
+        callback=in_range("--seed", 0),
+    ),
     corruptions: str = typer.Option(
         "common",
         "--corruptions",
@@ -43,13 +48,18 @@ def eval_c_command(
     ),
     severities: str = typer.Option("1-5", "--severities", "-s", help="e.g. 1-5, 3 or 1,3,5."),
     n_examples: int | None = typer.Option(
-        None, "--n-examples", "-n", help="First N test images per severity (default: all)."
+        None,
+        "--n-examples",
+        "-n",
+        help="First N test images per severity (default: all; more than there are: all).",
+        callback=in_range("--n-examples", 1),
     ),
     batch_size: int | None = typer.Option(
         None,
         "--batch-size",
         "-b",
         help="Images per forward pass (default: 100 on CPU, 1000 on GPU).",
+        callback=in_range("--batch-size", 1),
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option(
@@ -113,7 +123,13 @@ def eval_c_command(
 
       torchrun --nproc_per_node 4 --no-python robust eval-c ck --cifar-c-dir C10C -o r.json
     """
-    from robustcli.evaluate import check_outputs, corruption_table, run_eval_c, summary_table
+    from robustcli.evaluate import (
+        check_outputs,
+        clamp_note,
+        corruption_table,
+        run_eval_c,
+        summary_table,
+    )
     from robustcli.evaluate import write_eval_c as write
 
     if fmt not in ("table", "markdown"):
@@ -141,6 +157,9 @@ def eval_c_command(
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return
+    note = clamp_note(n_examples, doc["n_examples"], "images per severity")
+    if note is not None:
+        err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     if out is not None:
         paths = write(doc, out, force)
         err_console.print(f"wrote {paths['json']} and {paths['csv']}", highlight=False)
@@ -183,11 +202,23 @@ def corrupt_command(
     ),
     severities: str = typer.Option("1-5", "--severities", "-s", help="e.g. 1-5, 3 or 1,3,5."),
     n_examples: int | None = typer.Option(
-        None, "--n-examples", "-n", help="First N test images (evenly spaced if sorted by class)."
+        None,
+        "--n-examples",
+        "-n",
+        help="First N test images (evenly spaced if sorted by class; more than there are: all).",
+        callback=in_range("--n-examples", 1),
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random corruptions."),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Seed of the random corruptions; 0 or more.",
+        callback=in_range("--seed", 0),
+    ),
     device: str = typer.Option(
-        "cpu", "--device", help="cpu, cuda or cuda:N (other random streams)."
+        "auto",
+        "--device",
+        help="auto, cpu, cuda or cuda:N (CPU and GPU draw other random numbers; eval-c "
+        "--generate reproduces a folder on the same kind of device).",
     ),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty folder."),
     progress: bool | None = typer.Option(
@@ -208,13 +239,23 @@ def corrupt_command(
       robust corrupt data/noise -c noise -s 3 -n 1000 --seed 1
     """
     from robustcli.corruptions import generate_dataset
-    from robustcli.evaluate import load_clean, parse_severities, select_corruptions
+    from robustcli.evaluate import (
+        check_seed,
+        clamp_note,
+        load_clean,
+        parse_severities,
+        select_corruptions,
+    )
     from robustcli.runtime import resolve_device
 
     names = select_corruptions(corruptions)
     sevs = parse_severities(severities)
+    check_seed(seed)
     dev = resolve_device(device)
     images, labels, subset = load_clean(dataset, data_dir, n_examples, "the images to corrupt")
+    note = clamp_note(n_examples, int(images.shape[0]), "test images")
+    if note is not None:
+        err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     path = generate_dataset(
         images,
         labels.numpy(),

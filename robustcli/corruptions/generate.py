@@ -27,7 +27,7 @@ import torch
 
 from robustcli.corruptions import blur, digital, noise, weather
 from robustcli.errors import DataError, OutputExistsError, RobustError
-from robustcli.io import atomic_write, atomic_write_json
+from robustcli.io import atomic_write, atomic_write_json, locked_output
 from robustcli.progress import progress_bar
 
 Tensor = torch.Tensor
@@ -293,6 +293,7 @@ def iter_corrupted(
         torch.set_num_threads(threads)
 
 
+@locked_output("out_dir")  # another process writing the same folder is refused
 def generate_dataset(
     images: Any,
     labels: Any,
@@ -338,8 +339,15 @@ def generate_dataset(
     sevs = sorted({_check_severity(s) for s in severities})
     if not names or not sevs:
         raise RobustError("nothing to generate: give at least one corruption and one severity")
-    if batch_size < 1:
-        raise RobustError(f"batch_size must be positive, got {batch_size}")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int | np.integer)
+        or batch_size < 1
+    ):
+        raise RobustError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        # NumPy's SeedSequence (chunk_seed) refuses negative seeds: say so before any work
+        raise RobustError(f"seed must be a whole number of at least 0, got {seed!r}")
     x = _images_to_nchw(images)
     n, _, h, w = x.shape
     if n == 0:
