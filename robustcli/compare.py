@@ -5,7 +5,9 @@ builds the metrics frame (rows = metrics, columns = models), the deltas against 
 column and, per row, the best and second-best model the way paper A's Table 1 marks them (best
 bold, second underlined; direction per metric). ``comparison_frame`` gives the table to render
 (``robustcli.render``), ``plot_comparison`` a grouped bar plot (matplotlib Agg),
-``write_text`` / ``save_plot`` write atomically.
+``write_text`` / ``save_plot`` write atomically. Results measured on different inputs (dataset,
+corruptions, severities, images, attacks, epsilons: ``input_mismatches``) are refused unless
+``allow_mismatch=True``, and then every rendering says so.
 
 ``quickstart(out)`` is the whole story offline: train a plain and a push-pull ResNet-20 on the
 embedded digits, evaluate both on generated corruptions, attack both, compare.
@@ -24,7 +26,13 @@ import pandas as pd
 
 from robustcli.errors import RobustError
 from robustcli.io import atomic_write, check_output
-from robustcli.results import is_percent, load_result, metric_direction, metrics_frame
+from robustcli.results import (
+    is_percent,
+    load_result,
+    metric_direction,
+    metrics_frame,
+    result_conditions,
+)
 
 MARK_STYLES = ("rich", "markdown", "plain", "none")
 
@@ -36,6 +44,17 @@ class Comparison:
     values: pd.DataFrame
     baseline: str | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    #: How the inputs differ (one line each); non-empty only with ``allow_mismatch=True``.
+    mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def mismatch_note(self) -> str | None:
+        """The warning every output of a mismatched comparison carries, or None."""
+        if not self.mismatches:
+            return None
+        return "WARNING: compared across mismatched inputs (--allow-mismatch): " + "; ".join(
+            self.mismatches
+        )
 
     @property
     def models(self) -> list[str]:
@@ -71,23 +90,103 @@ class Comparison:
         return out
 
 
+def _label(doc: Mapping[str, Any], fallback: str) -> str:
+    src = doc.get("_source")
+    return str(src) if src else fallback
+
+
+def _show(values: Sequence[str]) -> str:
+    return (
+        ", ".join(values) if len(values) <= 6 else f"{', '.join(values[:5])}, ... ({len(values)})"
+    )
+
+
+def _difference(key: str, a: Any, b: Any, la: str, lb: str) -> str | None:
+    """How condition ``key`` differs between side ``la`` (value ``a``) and ``lb``, or None."""
+    if isinstance(a, list) and isinstance(b, list):
+        only_a = [x for x in a if x not in b]
+        only_b = [x for x in b if x not in a]
+        if not only_a and not only_b:
+            return None  # the same set, perhaps in another order
+        parts = [
+            f"{la} has {_show(only_a)}" if only_a else "",
+            f"{lb} has {_show(only_b)}" if only_b else "",
+        ]
+        return f"{key} differ: only " + "; only ".join(p for p in parts if p)
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        diffs = [
+            f"{name} {k}={a[name].get(k)!r} vs {b[name].get(k)!r}"
+            for name in a
+            if name in b
+            for k in sorted({*a[name], *b[name]})
+            if a[name].get(k) != b[name].get(k)
+        ]
+        if not diffs:
+            return None
+        return f"{key} differ: {', '.join(diffs)} ({la} vs {lb})"
+    if a == b:
+        return None
+    verb = "differ" if key.endswith("s") else "differs"
+    return f"{key} {verb}: {la} has {a}, {lb} has {b}"
+
+
+def input_mismatches(
+    docs: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | None = None
+) -> list[str]:
+    """One line per way the documents were measured on different inputs (see
+    ``robustcli.results.result_conditions``).
+
+    The dataset must agree across every document; the other conditions (corruptions,
+    severities, images, attacks, epsilons, attack settings) among documents of the same kind,
+    since a model's train, eval-c and attack results legitimately differ in them. Each document
+    is held against the baseline (or the first document of its kind) as the reference."""
+    labelled = [(_label(d, f"result {i + 1}"), d) for i, d in enumerate(docs)]
+    if baseline is not None:
+        labelled.insert(0, ("baseline " + _label(baseline, "(given)"), baseline))
+    conds = [(label, str(d.get("kind")), result_conditions(d)) for label, d in labelled]
+    out: list[str] = []
+    refs: dict[tuple[str, str], tuple[str, Any]] = {}  # (kind or "*", condition) -> reference
+    for label, kind, cond in conds:
+        for key, value in cond.items():
+            scope = "*" if key == "dataset" else kind
+            ref = refs.setdefault((scope, key), (label, value))
+            if ref[0] == label:
+                continue
+            diff = _difference(key, ref[1], value, ref[0], label)
+            if diff and diff not in out:
+                out.append(diff)
+    return out
+
+
 def compare(
     results: Sequence[str | os.PathLike[str] | Mapping[str, Any]],
     *,
     baseline: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    allow_mismatch: bool = False,
 ) -> Comparison:
     """Load ``results`` (paths or documents) and the optional ``baseline`` into a Comparison.
 
     The baseline's column is named after its model, plus `` (baseline)`` when a compared result
-    has the same model name."""
+    has the same model name. Results measured on different inputs (another dataset, other
+    corruptions, severities, number of images, attacks, epsilons; ``input_mismatches``) are
+    refused with one line naming both sides, unless ``allow_mismatch``: then the Comparison
+    carries the differences in ``mismatches`` and every rendering says so."""
     if not results:
         raise RobustError("nothing to compare: pass one or more result files")
     docs = [r if isinstance(r, Mapping) else load_result(r) for r in results]
+    bdoc = None
+    if baseline is not None:
+        bdoc = baseline if isinstance(baseline, Mapping) else load_result(baseline)
+    mismatches = input_mismatches(docs, bdoc)
+    if mismatches and not allow_mismatch:
+        raise RobustError(
+            f"results measured on different inputs: {'; '.join(mismatches)}; compare results "
+            "of the same dataset and settings, or pass --allow-mismatch"
+        )
     frame = metrics_frame(docs)
     sources = {str(c): "" for c in frame.columns}
     base_label = None
-    if baseline is not None:
-        bdoc = baseline if isinstance(baseline, Mapping) else load_result(baseline)
+    if bdoc is not None:
         bframe = metrics_frame([bdoc])
         if len(bframe.columns) != 1:
             raise RobustError(
@@ -100,7 +199,7 @@ def compare(
         order = metrics_frame([*docs, bdoc]).index  # canonical row order over both
         frame = frame.reindex([r for r in order if r in frame.index])
         sources[base_label] = str(bdoc.get("_source", ""))
-    return Comparison(frame, base_label, sources)
+    return Comparison(frame, base_label, sources, mismatches)
 
 
 def _mark(text: str, rank: int, style: str) -> str:
@@ -162,13 +261,21 @@ def comparison_frame(cmp: Comparison, style: str = "plain", floatfmt: str = ".2f
 
 def render_comparison(cmp: Comparison, fmt: str = "table", console: Any = None) -> str | None:
     """Render in ``table`` (printed; returns None), ``markdown``, ``csv`` or ``json``."""
-    from robustcli.render import FORMATS, render
+    from robustcli.render import check_format, render
 
-    if fmt not in FORMATS:
-        raise RobustError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    check_format(fmt)
     style = {"table": "rich", "markdown": "markdown"}.get(fmt, "none")
     title = "robust compare" + (f" (baseline: {cmp.baseline})" if cmp.baseline else "")
-    return render(comparison_frame(cmp, style), fmt, title=title, console=console)
+    note = cmp.mismatch_note
+    if note and fmt == "table":
+        title += " - ACROSS MISMATCHED INPUTS"
+    if fmt == "table":
+        title = _escape(title)  # a model or file name such as "run[1]" is not Rich markup
+    text = render(comparison_frame(cmp, style), fmt, title=title, console=console)
+    if note and fmt == "markdown" and text is not None:
+        # CSV / JSON stay machine-readable: the CLI prints the warning on stderr for them
+        text = f"> **{note}**\n\n{text}"
+    return text
 
 
 LEGEND = (
@@ -212,16 +319,41 @@ def plot_comparison(cmp: Comparison, metrics: Sequence[str] | None = None) -> An
     return fig
 
 
+def check_plot_path(path: str | os.PathLike[str], force: bool = False) -> tuple[Path, str]:
+    """``(path, format)`` of a plot output, checked before any work: not an existing file
+    (unless ``force``), a writable place, a suffix matplotlib writes (none: png)."""
+    from matplotlib.figure import Figure
+
+    p = check_output(path, force)
+    fmt = p.suffix.lstrip(".").lower() or "png"
+    known = Figure().canvas.get_supported_filetypes()
+    if fmt not in known:
+        raise RobustError(
+            f"cannot write a plot as {p.suffix!r} ({p}): use .png, .svg or .pdf "
+            f"(or {', '.join('.' + k for k in sorted(known) if k not in ('png', 'svg', 'pdf'))})"
+        )
+    return p, fmt
+
+
 def save_plot(fig: Any, path: str | os.PathLike[str], force: bool = False) -> Path:
     """Save a figure atomically (format from the suffix: png, svg, pdf)."""
     import matplotlib.pyplot as plt
 
-    p = check_output(path, force)
-    fmt = p.suffix.lstrip(".").lower() or "png"
+    p, fmt = check_plot_path(path, force)
     with atomic_write(p, "wb") as fh:
         fig.savefig(fh, format=fmt, dpi=150)
     plt.close(fig)
     return p
+
+
+def check_summary_path(path: str | os.PathLike[str]) -> Path:
+    """A file ``write_text(..., append=True)`` can append to: not a folder, in a writable place."""
+    from robustcli.io import check_writable
+
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_file():
+        raise RobustError(f"summary {p} is not a file: pass a file to append the summary to")
+    return check_writable(p)
 
 
 def write_text(path: str | os.PathLike[str], text: str, *, append: bool = False) -> Path:

@@ -16,12 +16,14 @@ file::
       "corruption:*": max_drop 2             # "kind value" strings work too
       clean_acc: {min: 80}
 
-A rule that matches no metric is an input error (a typo must not pass CI silently); a metric
-that the baseline has and a checked model lacks is a violation.
+A rule naming a metric robust never writes (``clean_accc``), an empty or rule-less gates file
+and a rule that matches no metric of the compared results are input errors (a typo must not
+pass CI silently); a metric that the baseline has and a checked model lacks is a violation.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 
+from robustcli.corruptions import CORRUPTIONS, GROUPS
 from robustcli.errors import RobustError
 from robustcli.results import metric_direction
 
@@ -83,12 +86,73 @@ class GateReport:
         return [v.reason for v in self.violations]
 
 
+#: Metric names robust writes with a fixed spelling (``robustcli.results.METRIC_NAMING``).
+FIXED_METRICS = (
+    "train:test_acc",
+    "train:train_acc",
+    "train:test_loss",
+    "clean_acc",
+    "corruptions_acc",
+    "mean_common_15",
+    "mean_all_19",
+    "mce",
+    "relative_mce",
+)
+ATTACK_METRICS = ("clean_acc", "success", "median_l2", "auc", "robust_acc@<eps>")
+
+
+def _example_metrics() -> list[str]:
+    """One name per metric family, to tell a pattern that can match something from a typo."""
+    names = list(FIXED_METRICS)
+    names += [f"group:{g}" for g in GROUPS] + [f"corruption:{c}" for c in CORRUPTIONS]
+    names += [f"severity:{s}" for s in range(1, 6)]
+    names += [f"attack:ddn:{m.replace('<eps>', '0.5')}" for m in ATTACK_METRICS]
+    return names
+
+
+def _matches(name: str, pattern: str) -> bool:
+    # a literal name matches itself even when it holds glob characters: attack:ddn[high]:auc
+    return name == pattern or fnmatchcase(name, pattern)
+
+
+def unknown_metric(pattern: str) -> str | None:
+    """None when ``pattern`` names (or can match) a metric robust writes; else why not, with a
+    close spelling when there is one. Attack names are free (any registered attack, a branch
+    such as ``ddn[high]``), so ``attack:<anything>:<metric>`` is checked on its metric part."""
+    parts = pattern.split(":", 2)
+    if parts[0] == "attack" and len(parts) == 3:
+        metric = parts[2]
+        known = [m.replace("<eps>", "0.5") for m in ATTACK_METRICS]
+        if metric.startswith("robust_acc@") or any(_matches(m, metric) for m in known):
+            return None
+        hint = difflib.get_close_matches(metric, known, n=1)
+        return (
+            f"unknown attack metric {metric!r} in {pattern!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f": attack metrics are {', '.join(ATTACK_METRICS)}"
+        )
+    examples = _example_metrics()
+    if any(_matches(n, pattern) for n in examples):
+        return None
+    if pattern.startswith("severity:") and pattern[len("severity:") :].isdigit():
+        return None  # any severity an eval-c run was given
+    hint = difflib.get_close_matches(pattern, [*examples, *ALIASES], n=1)
+    return (
+        f"unknown metric {pattern!r}: it matches no metric robust writes"
+        + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        + "; metrics are named like clean_acc, corruptions_acc, corruption:<name>, "
+        "group:<name>, attack:<attack>:auc (see docs/results-schema.md)"
+    )
+
+
 def _canonical(pattern: str) -> str:
     pattern = pattern.strip()
     return ALIASES.get(pattern, pattern)
 
 
 def _number(text: Any, what: str) -> float:
+    if isinstance(text, bool):  # YAML's `yes` / `true` is not a threshold
+        raise RobustError(f"gate {what}: {text!r} is not a number, e.g. 0.5")
     try:
         value = float(text)
     except (TypeError, ValueError):
@@ -99,7 +163,8 @@ def _number(text: Any, what: str) -> float:
 
 
 def make_rule(pattern: str, kind: str, value: Any) -> Rule:
-    """A checked rule; raises ``RobustError`` on an unknown kind or a bad number."""
+    """A checked rule; raises ``RobustError`` on an unknown kind, an unknown metric name or a
+    bad number."""
     kind = kind.strip().lower().replace("-", "_")
     if kind not in RULE_KINDS:
         raise RobustError(
@@ -110,29 +175,54 @@ def make_rule(pattern: str, kind: str, value: Any) -> Rule:
     number = _number(value, f"{pattern} {kind}")
     if kind == "max_drop" and number < 0:
         raise RobustError(f"gate {pattern} max_drop must be >= 0, got {number:g}")
-    return Rule(_canonical(pattern), kind, number)
+    name = _canonical(pattern)
+    problem = unknown_metric(name)
+    if problem:
+        raise RobustError(problem)
+    return Rule(name, kind, number)
 
 
 def parse_rule(text: str, kind: str) -> Rule:
     """``METRIC=VALUE`` (e.g. ``corruption:*=2``) for a command-line option of ``kind``."""
     name, sep, value = text.rpartition("=")
+    option = f"--{kind.replace('_', '-')}"
     if not sep:
-        raise RobustError(
-            f"bad --{kind.replace('_', '-')} {text!r}: write METRIC=VALUE, e.g. clean_acc=80"
-        )
-    return make_rule(name, kind, value)
+        raise RobustError(f"bad {option} {text!r}: write METRIC=VALUE, e.g. clean_acc=80")
+    try:
+        return make_rule(name, kind, value)
+    except RobustError as exc:
+        raise RobustError(f"bad {option} {text!r}: {exc}") from None
 
 
 def rules_from_mapping(spec: Any, source: str = "gates") -> list[Rule]:
-    """Rules from the parsed YAML (``{gates: {metric: {kind: value} | "kind value"}}``)."""
+    """Rules from the parsed YAML (``{gates: {metric: {kind: value} | "kind value"}}``).
+
+    No rules at all (an empty file, an empty ``gates:``) is an error: a gate step that checks
+    nothing must not pass CI. Every error names ``source``."""
     if isinstance(spec, Mapping) and "gates" in spec:
+        extra = [str(k) for k in spec if k != "gates"]
+        if extra:
+            raise RobustError(
+                f"{source}: unknown top-level key {extra[0]!r}: put every rule under 'gates:'"
+            )
         spec = spec["gates"]
-    if spec is None:
-        return []
+    if spec is None or (isinstance(spec, Mapping) and not spec):
+        raise RobustError(
+            f"{source} holds no gate rules: add e.g. 'gates: {{clean_acc: {{min: 80}}}}', "
+            "or drop --gates"
+        )
     if not isinstance(spec, Mapping):
         raise RobustError(
             f"{source} must map metrics to rules, e.g. 'clean_acc: {{min: 80}}' under 'gates:'"
         )
+    try:
+        return _rules(spec, source)
+    except RobustError as exc:
+        msg = str(exc)
+        raise RobustError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+
+def _rules(spec: Mapping[Any, Any], source: str) -> list[Rule]:
     rules: list[Rule] = []
     for metric, body in spec.items():
         if isinstance(body, str):
@@ -160,13 +250,26 @@ def load_gates(path: str | os.PathLike[str]) -> list[Rule]:
 
     p = Path(path).expanduser()
     try:
-        spec = yaml.safe_load(p.read_text())
+        text = p.read_text()
     except FileNotFoundError:
         raise RobustError(f"gates file {p} not found: check --gates") from None
-    except (OSError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except IsADirectoryError:
+        raise RobustError(f"gates file {p} is a folder: pass a YAML file to --gates") from None
+    except UnicodeDecodeError:
+        raise RobustError(f"gates file {p} is not text: pass a YAML file to --gates") from None
+    except OSError as exc:
+        raise RobustError(f"cannot read gates file {p}: {exc.strerror or exc}") from None
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None)
+        mark = getattr(exc, "problem_mark", None)
+        if problem and mark is not None:
+            first = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+        else:
+            first = " ".join(str(exc).split()) or type(exc).__name__
         raise RobustError(f"gates file {p} is not valid YAML ({first})") from None
-    return rules_from_mapping(spec, str(p))
+    return rules_from_mapping(spec, f"gates file {p}")
 
 
 def collect_rules(
@@ -201,7 +304,7 @@ def evaluate_gates(
     if baseline is not None and baseline not in frame.columns:
         raise RobustError(f"baseline column {baseline!r} is not in the comparison")
     for rule in rules:
-        metrics = [m for m in frame.index if fnmatchcase(str(m), rule.pattern)]
+        metrics = [m for m in frame.index if _matches(str(m), rule.pattern)]
         if not metrics:
             raise RobustError(
                 f"gate {rule} matches no metric of these results: metrics are named like "
@@ -261,9 +364,14 @@ def _check(
     return None
 
 
-def markdown_summary(table_markdown: str, report: GateReport | None, title: str) -> str:
-    """The pull-request comment / step summary: heading, verdict, violations, the table."""
+def markdown_summary(
+    table_markdown: str, report: GateReport | None, title: str, note: str | None = None
+) -> str:
+    """The pull-request comment / step summary: heading, ``note`` (e.g. the comparison is across
+    mismatched inputs) in bold, verdict, violations, the table."""
     lines = [f"## {title}", ""]
+    if note:
+        lines += [f"**{note}**", ""]
     if report is not None and report.rules:
         if report.passed:
             lines.append(

@@ -9,13 +9,25 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from robustcli.errors import RobustError
+
 FORMATS = ("table", "json", "csv", "markdown")
+
+
+def check_format(fmt: str, choices: Sequence[str] = FORMATS, option: str = "--format") -> str:
+    """``fmt`` if it is one of ``choices``; else a one-line ``RobustError`` naming them.
+
+    Commands call this before any work, so ``--format xml`` costs nothing and writes nothing."""
+    if fmt not in choices:
+        raise RobustError(f"unknown {option} {fmt!r}: choose one of {', '.join(choices)}")
+    return fmt
 
 
 def _cell(value: Any, floatfmt: str) -> str:
@@ -69,7 +81,10 @@ def render(
     console: Console | None = None,
     floatfmt: str = ".2f",
 ) -> str | None:
-    """Render ``df`` in ``fmt``; "table" prints to ``console`` and returns None."""
+    """Render ``df`` in ``fmt``; "table" prints to ``console`` and returns None.
+
+    An unknown ``fmt`` raises ``RobustError`` (exit 2 in the CLI), not a traceback."""
+    check_format(fmt)
     if fmt == "table":
         (console or Console()).print(to_rich_table(df, title, floatfmt))
         return None
@@ -77,6 +92,4 @@ def render(
         return to_markdown(df, floatfmt)
     if fmt == "csv":
         return to_csv(df)
-    if fmt == "json":
-        return to_json(df)
-    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return to_json(df)

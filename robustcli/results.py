@@ -268,15 +268,86 @@ def _attack_metrics(doc: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def document_metrics(doc: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """``{model name: {metric: value}}`` of one (migrated) document; explain gives nothing."""
+    """``{model name: {metric: value}}`` of one (migrated) document; explain gives nothing.
+
+    A document with the right envelope but a malformed payload (a hand-edited file, a list
+    where a mapping belongs) raises ``DataError`` naming the file, not a traceback."""
     kind = doc.get("kind")
-    if kind == "train":
-        return {_model_name(doc): _train_metrics(doc)}
-    if kind == "eval-c":
-        return {_model_name(doc): _eval_c_metrics(doc)}
-    if kind == "attack":
-        return _attack_metrics(doc)
+    try:
+        if kind == "train":
+            return {_model_name(doc): _train_metrics(doc)}
+        if kind == "eval-c":
+            return {_model_name(doc): _eval_c_metrics(doc)}
+        if kind == "attack":
+            return _attack_metrics(doc)
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+        source = doc.get("_source") or "a result"
+        raise DataError(
+            f"{source} is not a valid {kind} result ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())}): re-run the command that wrote it"
+        ) from None
     return {}
+
+
+def _get(doc: Any, *keys: str) -> Any:
+    """``doc[k1][k2]...`` or None where a level is missing or not a mapping."""
+    for key in keys:
+        if not isinstance(doc, Mapping):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
+def result_conditions(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """What a (migrated) result was measured on, for ``robust compare``'s mismatch check.
+
+    ``dataset`` for every kind; eval-c: ``corruptions``, ``severities``, ``images`` (count),
+    ``corrupted images`` (generated with which seed, or the official files); attack:
+    ``attacks``, ``epsilons``, ``images`` (count and selection), ``attack settings`` (per attack:
+    its parameters). A condition the document does not record (older or RobustBench files) is
+    left out: unknown is not a mismatch. Lists are compared as sets by the caller."""
+    kind = doc.get("kind")
+    out: dict[str, Any] = {}
+    if kind == "train":
+        dataset = _get(doc, "provenance", "dataset")
+    elif kind == "eval-c":
+        dataset = _get(doc, "provenance", "clean_data", "dataset") or _get(doc, "model", "dataset")
+        if isinstance(doc.get("corruptions"), list):
+            out["corruptions"] = [str(c) for c in doc["corruptions"]]
+        if isinstance(doc.get("severities"), list):
+            out["severities"] = [str(s) for s in doc["severities"]]
+        if isinstance(doc.get("n_examples"), int):
+            out["images"] = str(doc["n_examples"])
+        src = _get(doc, "provenance", "corrupted_data")
+        if isinstance(src, Mapping) and src.get("source"):
+            if src["source"] in ("generated", "generated-files"):
+                # files written by `robust corrupt` hold the images generation on the fly makes
+                seed = src.get("seed", _get(src, "generation", "seed"))
+                out["corrupted images"] = f"generated with seed {seed}"
+            else:
+                out["corrupted images"] = f"{src['source']} files"
+    elif kind == "attack":
+        dataset = _get(doc, "provenance", "data", "dataset")
+        settings = _get(doc, "config", "attacks")
+        if isinstance(settings, Mapping) and settings:
+            out["attacks"] = [str(a) for a in settings]
+            out["attack settings"] = {
+                str(a): dict(v) for a, v in settings.items() if isinstance(v, Mapping)
+            }
+        elif isinstance(doc.get("summary"), list):
+            names = {str(r.get("attack")) for r in doc["summary"] if isinstance(r, Mapping)}
+            out["attacks"] = sorted(names - {"worst-case"})
+        if isinstance(doc.get("epsilons"), list):
+            out["epsilons"] = [f"{_num(e):g}" for e in doc["epsilons"]]
+        n = _get(doc, "provenance", "data", "n_examples") or _get(doc, "provenance", "n_examples")
+        if isinstance(n, int):
+            selection = _get(doc, "provenance", "data", "selection")
+            out["images"] = f"{n} ({selection})" if selection else str(n)
+    else:
+        dataset = None
+    if isinstance(dataset, str) and dataset:
+        out["dataset"] = dataset
+    return out
 
 
 def _row_key(name: str) -> tuple[int, int, str]:

@@ -274,3 +274,224 @@ def test_plot_is_written_atomically(files, tmp_path):
     assert res.exit_code == 2 and "--force" in res.stderr
     assert runner.invoke(app, [*args, "--force"]).exit_code == 0
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------------------------
+# Issue #12: results measured on different inputs, rule-less or misspelt gates, bad formats
+# --------------------------------------------------------------------------------------------
+
+
+def measured_eval_c(name: str, dataset: str = "digits", **over) -> dict:
+    """An eval-c document with the fields a real `robust eval-c` records about its inputs."""
+    doc = eval_c(name, 90.0, 60.0, 80.0)
+    doc["model"]["dataset"] = dataset
+    doc["provenance"] = {
+        "clean_data": {"dataset": dataset},
+        "corrupted_data": {"source": "generated", "seed": 0},
+    }
+    doc.update(corruptions=["gaussian_noise", "fog"], severities=[1, 3], n_examples=100)
+    doc.update(over)
+    return doc
+
+
+def measured_attack(name: str, dataset: str = "digits", **over) -> dict:
+    doc = attack(name, 10.0)
+    doc["provenance"] = {"data": {"dataset": dataset, "n_examples": 20, "selection": "all"}}
+    doc["config"] = {"attacks": {"ddn": {"steps": 20}}}
+    doc["epsilons"] = [0.5]
+    doc.update(over)
+    return doc
+
+
+def write_docs(tmp_path, **docs):
+    for stem, doc in docs.items():
+        (tmp_path / f"{stem}.json").write_text(json.dumps(doc))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("base_over", "new_over", "message"),
+    [
+        (
+            {},
+            {"dataset": "cifar10"},
+            "dataset differs: baseline {base} has digits, {new} has cifar10",
+        ),
+        ({}, {"corruptions": ["gaussian_noise", "snow"]}, "corruptions differ: only baseline"),
+        ({}, {"severities": [1, 3, 5]}, "severities differ: only {new} has 5"),
+        ({}, {"n_examples": 50}, "images differ: baseline {base} has 100, {new} has 50"),
+        (
+            {},
+            {"provenance": {"corrupted_data": {"source": "generated", "seed": 1}}},
+            "corrupted images differ: baseline {base} has generated with seed 0",
+        ),
+    ],
+)
+def test_eval_c_inputs_must_match_the_baseline(tmp_path, base_over, new_over, message):
+    dataset = new_over.pop("dataset", "digits")
+    new = measured_eval_c("new", dataset)
+    new.update(new_over)
+    write_docs(tmp_path, base=measured_eval_c("base", **base_over), new=new)
+    base, new_path = tmp_path / "base.json", tmp_path / "new.json"
+    with pytest.raises(RobustError) as err:
+        compare([new_path], baseline=base)
+    text = str(err.value)
+    assert "\n" not in text and "--allow-mismatch" in text
+    assert message.format(base=base, new=new_path) in text
+    # the CLI: exit 2, one line, nothing on stdout
+    res = runner.invoke(app, ["compare", str(new_path), "--baseline", str(base)])
+    assert res.exit_code == 2 and res.stdout == ""
+    assert len(res.stderr.strip().splitlines()) == 1 and "different inputs" in res.stderr
+
+
+def test_allow_mismatch_says_so_in_every_output(tmp_path):
+    write_docs(tmp_path, base=measured_eval_c("base"), new=measured_eval_c("new", "cifar10"))
+    args = ["compare", str(tmp_path / "new.json"), "--baseline", str(tmp_path / "base.json")]
+    summary = tmp_path / "summary.md"
+    res = runner.invoke(
+        app,
+        [
+            *args,
+            "--allow-mismatch",
+            "-f",
+            "markdown",
+            "--min",
+            "clean_acc=10",
+            "--summary",
+            str(summary),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "mismatched inputs" in res.stderr and "dataset differs" in res.stderr
+    assert res.stdout.startswith("> **WARNING: compared across mismatched inputs")
+    assert "| metric | base | new | delta new |" in res.stdout
+    assert "**WARNING: compared across mismatched inputs" in summary.read_text()
+    res = runner.invoke(app, [*args, "--allow-mismatch", "-f", "csv"])
+    assert res.exit_code == 0 and res.stdout.startswith("metric,")  # CSV stays CSV
+    assert "mismatched inputs" in res.stderr
+    res = runner.invoke(app, [*args, "--allow-mismatch"])
+    assert res.exit_code == 0 and "ACROSS MISMATCHED INPUTS" in " ".join(res.stdout.split())
+    cmp = compare([tmp_path / "new.json"], baseline=tmp_path / "base.json", allow_mismatch=True)
+    assert cmp.mismatches and cmp.models == ["base", "new"]
+
+
+def test_matching_inputs_and_unknown_conditions_pass(tmp_path):
+    base = measured_eval_c("base", corruptions=["fog", "gaussian_noise"])  # order is no mismatch
+    legacy = eval_c("legacy", 80.0, 50.0, 70.0)  # records nothing about its inputs
+    train_doc = {
+        "schema": "robustcli-result",
+        "schema_version": 1,
+        "kind": "train",
+        "model": "new",
+        "provenance": {"dataset": "digits"},
+        "metrics": {"test_acc": 0.9},
+    }
+    files = write_docs(
+        tmp_path,
+        base=base,
+        new=measured_eval_c("new"),
+        legacy=legacy,
+        train=train_doc,
+        atk=measured_attack("new"),  # 20 attacked images vs 100 evaluated: other kinds, fine
+    )
+    cmp = compare(
+        [files / "new.json", files / "legacy.json", files / "train.json", files / "atk.json"],
+        baseline=files / "base.json",
+    )
+    assert cmp.mismatches == [] and "train:test_acc" in cmp.values.index
+    # a train result of another dataset is a mismatch across kinds
+    train_doc["provenance"]["dataset"] = "mnist"
+    write_docs(tmp_path, train=train_doc)
+    with pytest.raises(RobustError, match="dataset differs.*mnist"):
+        compare([files / "new.json", files / "train.json"])
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"epsilons": [0.5, 1.0]}, "epsilons differ: only {new} has 1"),
+        (
+            {"config": {"attacks": {"ddn": {"steps": 20}, "cw": {}}}},
+            "attacks differ: only {new} has cw",
+        ),
+        (
+            {"config": {"attacks": {"ddn": {"steps": 100}}}},
+            "attack settings differ: ddn steps=20 vs 100",
+        ),
+        (
+            {"provenance": {"data": {"dataset": "digits", "n_examples": 10, "selection": "all"}}},
+            "images differ",
+        ),
+    ],
+)
+def test_attack_inputs_must_match(tmp_path, over, message):
+    write_docs(tmp_path, a=measured_attack("a"), b=measured_attack("b", **over))
+    with pytest.raises(RobustError) as err:
+        compare([tmp_path / "b.json"], baseline=tmp_path / "a.json")
+    assert message.format(new=tmp_path / "b.json") in str(err.value)
+    assert compare([tmp_path / "b.json"], baseline=tmp_path / "a.json", allow_mismatch=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "holds no gate rules"),
+        ("# only a comment\n", "holds no gate rules"),
+        ("gates:\n", "holds no gate rules"),
+        ("gates: {}\n", "holds no gate rules"),
+        ("gates: [1, 2\n", "is not valid YAML (expected ',' or ']'"),
+        ("gates:\n  clean_accc: {min: 80}\n", "unknown metric 'clean_accc'"),
+        ("gates:\n  'attack:ddn:aucc': max 5\n", "unknown attack metric 'aucc'"),
+        ("gates:\n  clean_acc: {min: true}\n", "not a number"),
+        ("gates:\n  clean_acc: {min: 80}\ngate:\n  fog: 1\n", "unknown top-level key 'gate'"),
+    ],
+)
+def test_bad_gates_files_name_the_file(tmp_path, files, text, message):
+    gates = tmp_path / "gates.yaml"
+    gates.write_text(text)
+    with pytest.raises(RobustError) as err:
+        load_gates(gates)
+    assert str(gates) in str(err.value) and message in str(err.value)
+    assert "\n" not in str(err.value)
+    res = runner.invoke(app, ["compare", str(files / "a.json"), "--gates", str(gates)])
+    assert res.exit_code == 2 and "gates passed" not in res.stderr and res.stdout == ""
+
+
+def test_gates_file_that_is_a_folder_or_binary(tmp_path):
+    with pytest.raises(RobustError, match="is a folder"):
+        load_gates(tmp_path)
+    binary = tmp_path / "g.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(RobustError, match="not text"):
+        load_gates(binary)
+
+
+def test_rule_metric_names_are_checked_and_literal_brackets_match(files):
+    with pytest.raises(RobustError, match="did you mean 'corruption:fog'"):
+        parse_rule("corruption:fgo=1", "min")
+    for ok in ("corruption:*=1", "group:noise=1", "severity:7=1", "attack:*:robust_acc@*=1"):
+        parse_rule(ok, "min")
+    frame = compare([files / "a-atk.json"]).values.rename(
+        index={"attack:ddn:auc": "attack:ddn[high]:auc"}
+    )
+    report = evaluate_gates(frame, [parse_rule("attack:ddn[high]:auc=5", "max")])
+    assert report.checked == 1 and not report.passed  # auc 10 > 5, found despite the brackets
+
+
+def test_unknown_format_is_a_robust_error_everywhere():
+    import pandas as pd
+
+    from robustcli.render import render
+
+    with pytest.raises(RobustError, match="unknown --format 'xml'"):
+        render(pd.DataFrame({"a": [1]}), "xml")
+    res = runner.invoke(app, ["models", "--format", "xml", "--no-macs"])
+    assert res.exit_code == 2 and "unknown --format 'xml'" in res.stderr
+
+
+def test_malformed_payload_is_a_data_error(tmp_path):
+    doc = eval_c("a", 90.0, 60.0, 80.0)
+    doc["per_corruption"] = [60.0, 80.0]
+    write_docs(tmp_path, a=doc)
+    with pytest.raises(RobustError, match=r"a\.json is not a valid eval-c result"):
+        compare([tmp_path / "a.json"])

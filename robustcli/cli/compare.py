@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from robustcli.cli import app
 from robustcli.cli._common import console, err_console, guarded
-from robustcli.errors import RobustError
 
 STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
@@ -53,13 +53,21 @@ def compare_command(
         help=f"Also append the summary to ${STEP_SUMMARY_ENV} (when that variable is set).",
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --plot file."),
+    allow_mismatch: bool = typer.Option(
+        False,
+        "--allow-mismatch",
+        help="Compare results measured on different inputs (dataset, corruptions, severities, "
+        "images, attacks, epsilons) anyway; every output then says so.",
+    ),
 ) -> None:
     """Results of train, eval-c and attack side by side; gate regressions for CI.
 
     Rows are metrics (clean_acc, corruption:<name>, group:<name>, corruptions_acc,
     attack:<attack>:robust_acc@<eps>, ...; docs/results-schema.md), columns are models. Best
-    per row in bold, second best underlined. Exit codes: 0 pass, 1 a gate was violated (one
-    line per violation on stderr), 2 bad input.
+    per row in bold, second best underlined. Results measured on different inputs (another
+    dataset, other corruptions, severities, number of images, attacks or epsilons) are refused
+    unless --allow-mismatch. Exit codes: 0 pass, 1 a gate was violated (one line per violation
+    on stderr), 2 bad input.
 
     Example (CI):
       robust compare new.json --baseline baseline/eval-c.json --gates gates.yaml \\
@@ -67,6 +75,8 @@ def compare_command(
     """
     from robustcli.compare import (
         LEGEND,
+        check_plot_path,
+        check_summary_path,
         compare,
         comparison_frame,
         plot_comparison,
@@ -75,17 +85,25 @@ def compare_command(
         write_text,
     )
     from robustcli.gates import collect_rules, evaluate_gates, markdown_summary
-    from robustcli.render import FORMATS, to_markdown
+    from robustcli.render import check_format, to_markdown
 
-    if fmt not in FORMATS:
-        raise RobustError(f"unknown --format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    check_format(fmt)
     rules = collect_rules(max_drop=max_drop, minimum=minimum, maximum=maximum, gates_file=gates)
     if plot is not None:
-        from robustcli.io import check_output
-
-        check_output(plot, force)
-    cmp = compare(results, baseline=baseline)
+        check_plot_path(plot, force)
+    targets = [summary] if summary is not None else []
+    env_summary = os.environ.get(STEP_SUMMARY_ENV)
+    if github_summary and env_summary and Path(env_summary) not in targets:
+        targets.append(Path(env_summary))
+    for t in targets:  # appended to at the end: refuse an unwritable one before any output
+        check_summary_path(t)
+    cmp = compare(results, baseline=baseline, allow_mismatch=allow_mismatch)
+    if cmp.mismatch_note:
+        note = escape(cmp.mismatch_note)  # paths and names are not Rich markup
+        err_console.print(f"[bold yellow]{note}[/]", highlight=False, soft_wrap=True)
     report = evaluate_gates(cmp.values, rules, baseline=cmp.baseline) if rules else None
+    # the figure before any output: "no percent metrics to plot" must not follow a printed table
+    fig = plot_comparison(cmp) if plot is not None else None
 
     text = render_comparison(cmp, fmt, console=console)
     if text is not None:
@@ -94,17 +112,13 @@ def compare_command(
         console.print(LEGEND, style="dim", highlight=False)
 
     if plot is not None:
-        path = save_plot(plot_comparison(cmp), plot, force=force)
+        path = save_plot(fig, plot, force=force)
         err_console.print(f"plot: {path}", highlight=False)
 
-    targets = [summary] if summary is not None else []
-    env_summary = os.environ.get(STEP_SUMMARY_ENV)
-    if github_summary and env_summary and Path(env_summary) not in targets:
-        targets.append(Path(env_summary))
     if targets:
         title = "robust compare" + (f" vs {cmp.baseline}" if cmp.baseline else "")
         table_md = to_markdown(comparison_frame(cmp, "markdown")) + "\n" + LEGEND + "\n"
-        md = markdown_summary(table_md, report, title)
+        md = markdown_summary(table_md, report, title, note=cmp.mismatch_note)
         for t in targets:
             write_text(t, md, append=True)
 

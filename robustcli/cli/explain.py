@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import typer
+from rich.markup import escape
 
 from robustcli.cli import app
-from robustcli.cli._common import console, err_console, guarded
+from robustcli.cli._common import console, err_console, guarded, in_range
 from robustcli.errors import RobustError
-from robustcli.render import FORMATS, render
+from robustcli.render import FORMATS, check_format, render
 
 
 def _int_list(text: str | None, option: str) -> list[int] | None:
@@ -59,7 +60,11 @@ def explain_command(
         False, "--untrained", help="Accept registered model names, built with RANDOM weights."
     ),
     images: int = typer.Option(
-        8, "--images", "-n", help="Explain the first N images of the split."
+        8,
+        "--images",
+        "-n",
+        help="Explain the first N images of the split.",
+        callback=in_range("--images", 1),
     ),
     indices: str | None = typer.Option(
         None, "--indices", help="Comma-separated image indices in the split (overrides --images)."
@@ -91,11 +96,22 @@ def explain_command(
         False, "--localization", help="Weakly supervised localization precision/recall (Fig. 9)."
     ),
     limit: int | None = typer.Option(
-        None, "--limit", help="Localization on the first N images of the split (default: all)."
+        None,
+        "--limit",
+        help="Localization on the first N images of the split (default: all).",
+        callback=in_range("--limit", 1),
     ),
-    threshold: float = typer.Option(0.2, "--threshold", help="Heatmap threshold t (paper B: 0.2)."),
+    threshold: float = typer.Option(
+        0.2,
+        "--threshold",
+        help="Heatmap threshold t in [0, 1) (paper B: 0.2).",
+        callback=in_range("--threshold", 0, 1),
+    ),
     object_threshold: float = typer.Option(
-        0.2, "--object-threshold", help="Object mask: image pixel in [0, 1] above this."
+        0.2,
+        "--object-threshold",
+        help="Object mask: image pixel in [0, 1] above this.",
+        callback=in_range("--object-threshold", 0, 1),
     ),
     dataset: str | None = typer.Option(
         None,
@@ -111,9 +127,11 @@ def explain_command(
     ),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Images per Grad-CAM pass."),
+    batch_size: int = typer.Option(
+        256, "--batch-size", help="Images per Grad-CAM pass.", callback=in_range("--batch-size", 1)
+    ),
     fmt: str = typer.Option(
-        "table", "--format", "-f", help="Localization table: table, json, csv or markdown."
+        "table", "--format", "-f", help=f"Localization table: {', '.join(FORMATS)}."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result document as JSON."),
 ) -> None:
@@ -133,22 +151,22 @@ def explain_command(
     """
     from robustcli import explain as ex
 
-    if fmt not in FORMATS:
-        raise RobustError(f"unknown --format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    if untrained and any(ref and not Path(ref).exists() for ref in (checkpoint, vs)):
-        err_console.print(
-            "[bold yellow]WARNING: --untrained: model names are built with RANDOM weights; "
-            "their heatmaps show nothing the model learned.[/]",
-            highlight=False,
-        )
+    check_format(fmt)
     if list_layers:
-        for ref in (checkpoint, vs):
-            if ref:
-                em = ex.load_explain_model(ref, untrained=untrained)
-                df = ex.describe_layers(em.model, em.input_shape)
-                out_text = render(df, fmt, title=f"{em.label}: conv layers", console=console)
-                if out_text is not None:
-                    typer.echo(out_text, nl=False)
+        # load both before printing anything: a bad --vs must fail with one line, not half a table
+        loaded = [ex.load_explain_model(r, untrained=untrained) for r in (checkpoint, vs) if r]
+        if any(em.untrained for em in loaded):
+            err_console.print(
+                "[bold yellow]WARNING: --untrained: model names are built with RANDOM weights; "
+                "their heatmaps show nothing the model learned.[/]",
+                highlight=False,
+                soft_wrap=True,
+            )
+        for em in loaded:
+            df = ex.describe_layers(em.model, em.input_shape)
+            out_text = render(df, fmt, title=f"{em.label}: conv layers", console=console)
+            if out_text is not None:
+                typer.echo(out_text, nl=False)
         return
 
     ref = Path(checkpoint)
@@ -178,8 +196,10 @@ def explain_command(
         device=device,
         batch_size=batch_size,
     )
+    # warnings (an --untrained model's random weights among them) come after the work, so that a
+    # bad input fails with its one error line alone
     for w in report.warnings:
-        err_console.print(f"[bold yellow]WARNING: {w}[/]", highlight=False)
+        err_console.print(f"[bold yellow]WARNING: {escape(w)}[/]", highlight=False, soft_wrap=True)
     if as_json:
         typer.echo(json.dumps(ex.jsonable(report.document), indent=2))
         return

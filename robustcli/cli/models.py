@@ -9,7 +9,7 @@ import typer
 from robustcli.cli import app
 from robustcli.cli._common import console, guarded
 from robustcli.errors import RobustError
-from robustcli.render import render
+from robustcli.render import FORMATS, check_format, render
 from robustcli.zoo import models_table
 
 
@@ -22,7 +22,7 @@ def models_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (a list of model records)."),
     fmt: str = typer.Option(
-        "table", "--format", "-f", help="Output format: table, json, csv or markdown."
+        "table", "--format", "-f", help=f"Output format: {', '.join(FORMATS)}."
     ),
     macs: bool = typer.Option(True, "--macs/--no-macs", help="Count MACs (runs one forward each)."),
 ) -> None:
@@ -36,6 +36,7 @@ def models_command(
 
       robust models resnet20 --json  # machine-readable
     """
+    check_format(fmt)  # before counting MACs: a typo costs nothing
     df = models_table(pattern, macs=macs)
     if df.empty:
         raise RobustError(f"no model matches {pattern!r}: run `robust models` to see all names")
