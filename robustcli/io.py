@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import inspect
 import json
 import math
 import os
+import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from robustcli.errors import OutputExistsError
+from robustcli.errors import OutputExistsError, RobustError
+
+# atomic_write's temporary files: ".<name>." + mkstemp's 8 random characters + ".tmp"
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 @contextlib.contextmanager
@@ -25,7 +31,11 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        exc.filename = str(path)
+        raise
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         with os.fdopen(fd, mode) as fh:
@@ -33,9 +43,11 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename in (None, tmp):
+            exc.filename = str(path)  # a full disk names the output, not our temporary file
         raise
 
 
@@ -57,11 +69,170 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def check_output(path: str | os.PathLike[str], force: bool) -> Path:
-    """Refuse to overwrite an existing output unless ``force``."""
+    """Refuse to overwrite an existing output unless ``force``, and an unwritable one always.
+
+    Every command calls this before any work, so a read-only or misspelt output path fails at
+    once instead of after hours of computation.
+    """
     path = Path(path)
     if path.exists() and not force:
         raise OutputExistsError(f"{path} already exists: choose another path or pass --force")
+    check_writable(path)
     return path
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Refuse an output path that cannot be written: a read-only or foreign folder, or a file
+    where a folder is needed. Creates nothing.
+
+    An existing folder must itself be writable; otherwise the nearest existing ancestor must be a
+    writable folder (it gets the new file or folder; atomic writes need it too).
+    """
+    path = Path(path).expanduser()
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe != path and not probe.is_dir():
+        raise RobustError(f"{path}: {probe} is a file, not a folder: choose another output path")
+    folder = probe if probe.is_dir() else probe.parent
+    # os.access also answers False on a read-only file system (EROFS), even for root
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RobustError(
+            f"{path}: folder {folder} is not writable (read-only or permission denied): "
+            "choose another output path or fix the folder's permissions"
+        )
+    return path
+
+
+def stale_tmp_files(
+    folder: str | os.PathLike[str], names: Iterable[str] | None = None
+) -> list[Path]:
+    """atomic_write's temporary files in ``folder`` (left by a killed process), optionally only
+    those of the target file ``names``. Other files, even ``*.tmp`` ones, are never listed."""
+    folder = Path(folder)
+    wanted = None if names is None else set(names)
+    try:
+        entries = list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = []
+    for entry in entries:
+        m = _TMP_NAME.match(entry.name)
+        if m and (wanted is None or m["name"] in wanted) and entry.is_file():
+            found.append(entry)
+    return sorted(found)
+
+
+def remove_stale_tmp(
+    folder: str | os.PathLike[str], names: Iterable[str] | None = None
+) -> list[Path]:
+    """Delete :func:`stale_tmp_files`; call it only while holding :func:`output_lock` on the
+    output, so that no live writer's temporary file is removed."""
+    removed = []
+    for tmp in stale_tmp_files(folder, names):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def lock_path(path: str | os.PathLike[str]) -> Path:
+    """The lock file of output ``path``: ``.<name>.lock`` beside it (not inside, so that a run
+    folder can be replaced by a rename while it is locked, and a refused command leaves the
+    output folder untouched)."""
+    real = Path(path).expanduser().resolve()
+    return real.parent / f".{real.name}.lock"
+
+
+_HELD: dict[Path, int] = {}  # lock files this process holds -> nesting depth
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive lock on output ``path`` (a file or folder) for the ``with`` block.
+
+    A second process that asks for the same output fails at once with a one-line
+    :class:`~robustcli.errors.RobustError` naming the holder's pid, instead of interleaving its
+    files with ours. The lock is a kernel ``flock`` (``filelock``), so a killed holder leaves no
+    stale lock. It is re-entrant within one process. Yields the lock file's path.
+    """
+    from filelock import FileLock, Timeout
+
+    target = Path(path).expanduser()
+    lock_file = lock_path(target)
+    if lock_file in _HELD:
+        _HELD[lock_file] += 1
+        try:
+            yield lock_file
+        finally:
+            _HELD[lock_file] -= 1
+        return
+    made = [d for d in (lock_file.parent, *lock_file.parent.parents) if not d.exists()]
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_file))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        _remove_empty(made)
+        raise RobustError(
+            f"{target} is in use by another robustcli process ({_holder(lock_file)}): wait for it "
+            f"to finish or choose another output path (lock file {lock_file})"
+        ) from None
+    _HELD[lock_file] = 1
+    try:
+        # the holder's pid, for the error message of the next process that asks
+        with open(lock_file, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+        yield lock_file
+    finally:
+        del _HELD[lock_file]
+        # unlink while still locked: a process that opened the old file finds it unlinked
+        # after our release, and filelock then retries on the path instead of sharing it
+        with contextlib.suppress(OSError):
+            lock_file.unlink()
+        lock.release()
+        _remove_empty(made)  # folders made for the lock file alone (a refused command)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for d in folders:  # deepest first; rmdir refuses a folder that has anything in it
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def locked_output(param: str) -> Callable[[F], F]:
+    """Decorator: hold :func:`output_lock` on the function's argument ``param`` (an output file
+    or folder; ``None`` locks nothing) for the whole call."""
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind_partial(*args, **kwargs)
+            bound.apply_defaults()
+            target = bound.arguments.get(param)
+            if target is None:
+                return func(*args, **kwargs)
+            with output_lock(target):
+                return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _holder(lock_file: Path) -> str:
+    try:
+        pid = lock_file.read_text().strip()
+    except OSError:
+        pid = ""
+    return f"pid {pid}" if pid.isdigit() else "pid unknown"
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -11,7 +11,9 @@ folder gets ``model.safetensors`` (weights + everything to rebuild and evaluate 
 ``metrics.csv`` (one row per epoch), ``config.json`` (the resolved configuration),
 ``result.json`` and ``last.safetensors`` (model, optimiser and RNG state after the last finished
 epoch, for ``resume=True``). Resuming a CPU run gives bit-for-bit the weights of an
-uninterrupted one.
+uninterrupted one. A new run is staged beside ``out`` and moved there after its first epoch,
+so ``force=True`` (which replaces only a folder robust train wrote) loses nothing when the new
+run fails early; ``out`` is locked while the run lasts (docs/training.md, "Run folders").
 
 Recipes (``RECIPES``; ``describe_recipes()`` prints them):
 
@@ -30,15 +32,18 @@ Step milestones are fractions of the recipe's epochs, so ``--epochs`` rescales t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -73,7 +78,14 @@ from robustcli.data import (
     load_dataset,
 )
 from robustcli.errors import OutputExistsError, RobustError
-from robustcli.io import atomic_write, atomic_write_json
+from robustcli.io import (
+    atomic_write,
+    atomic_write_json,
+    check_writable,
+    output_lock,
+    remove_stale_tmp,
+    stale_tmp_files,
+)
 from robustcli.registry import build_from_config, get_model_spec, resolve_config
 
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
@@ -457,26 +469,200 @@ def versions() -> dict[str, str]:
 # Run folder
 # --------------------------------------------------------------------------------------------
 
+CONFIG_SCHEMA = "robustcli-train-config"
+# keys `--resume` needs from config.json (and hyperparameters' keys below)
+_CONFIG_KEYS = (
+    "model",
+    "backbone",
+    "model_config",
+    "dataset",
+    "dataset_info",
+    "input",
+    "normalization",
+    "hyperparameters",
+    "seed",
+)
+_HP_KEYS = ("recipe", "epochs", "batch_size", "lr", "schedule", "augment", "label_smoothing")
 
-def _prepare_out(out: Path, *, resume: bool, force: bool) -> None:
+
+def read_run_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config.json`` of a run folder (or the file itself), checked to be one that
+    ``robust train`` wrote; a one-line :class:`RobustError` naming the file otherwise."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    fix = "start a new run (another --out) instead of --resume"
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise RobustError(f"{p} is missing: {fix}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = getattr(exc, "msg", None) or "not UTF-8 text"
+        raise RobustError(f"{p} is not valid JSON (truncated or edited? {reason}): {fix}") from None
+    if not isinstance(data, dict) or data.get("schema") != CONFIG_SCHEMA:
+        raise RobustError(
+            f'{p} was not written by robust train (no "schema": "{CONFIG_SCHEMA}"): {fix}'
+        )
+    missing = [k for k in _CONFIG_KEYS if k not in data]
+    hp = data.get("hyperparameters")
+    if isinstance(hp, dict):
+        missing += [f"hyperparameters.{k}" for k in _HP_KEYS if k not in hp]
+    elif "hyperparameters" not in missing:
+        missing.append("hyperparameters")
+    if missing:
+        raise RobustError(f"{p} is incomplete (missing {', '.join(missing)}): {fix}")
+    return data
+
+
+def is_run_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder that ``robust train`` wrote: its ``config.json`` is a JSON
+    object with ``"schema": "robustcli-train-config"``. Only such folders are replaced by
+    ``force=True``; any other non-empty folder is refused."""
+    cfg = Path(path) / "config.json"
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("schema") == CONFIG_SCHEMA
+
+
+# The new run is built in ".<name>.XXXXXXXX.new" beside the run folder and renamed onto it after
+# its first checkpoint; a replaced run folder passes through ".<name>.XXXXXXXX.old". Both are
+# in the same parent (same file system: renames are atomic) and are ours to clean up.
+def _side_folder(out: Path, kind: str) -> re.Pattern[str]:
+    return re.compile(rf"^\.{re.escape(out.name)}\.[a-z0-9_]{{8}}\.{kind}$")
+
+
+def _own_entries(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(files robust train writes, everything else) in ``folder``."""
+    ours = {folder / n for n in RUN_FILES} | set(stale_tmp_files(folder, RUN_FILES))
+    entries = list(folder.iterdir())
+    return [p for p in entries if p in ours], [p for p in entries if p not in ours]
+
+
+def _remove_run_files(folder: Path) -> bool:
+    """Delete the files robust train writes (and their temporary files) from ``folder``, then
+    the folder if nothing else is left. Never deletes anything else. True if it is gone."""
+    ours, _ = _own_entries(folder)
+    for p in ours:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            p.unlink()
+    try:
+        folder.rmdir()
+    except OSError:
+        return False
+    return True
+
+
+def _move_others(src: Path, dst: Path) -> None:
+    """Move the entries of ``src`` that robust train did not write into ``dst`` (no clobber)."""
+    _, others = _own_entries(src)
+    for p in others:
+        if not (dst / p.name).exists():
+            os.rename(p, dst / p.name)
+
+
+def _recover_side_folders(out: Path) -> None:
+    """Finish or undo what a killed predecessor left beside ``out`` (call with the lock held)."""
+    parent = out.parent
+    if not parent.is_dir():
+        return
+    for kind in ("old", "new"):
+        pattern = _side_folder(out, kind)
+        for side in sorted(parent.iterdir()):
+            if not pattern.match(side.name) or not side.is_dir():
+                continue
+            if kind == "old":
+                if not out.exists():  # killed between the two renames: put the old run back
+                    os.rename(side, out)
+                    continue
+                _move_others(side, out)  # killed while clearing the replaced run
+            _remove_run_files(side)  # a new run killed before its first checkpoint
+
+
+@dataclass
+class _RunDir:
+    """Where a run writes: ``path`` (the run folder, or the staging folder until the first
+    checkpoint is published)."""
+
+    out: Path
+    path: Path
+    staging: bool = False
+    replace: bool = False  # the run folder holds a previous run to be replaced on publishing
+
+    def publish(self) -> None:
+        """Move the staged run onto ``out``; the replaced run's own files are deleted, any
+        other file in its folder is moved into the new one."""
+        if not self.staging:
+            return
+        out, new = self.out, self.path
+        if not self.replace:
+            os.rename(new, out)  # replaces an empty folder atomically
+        else:
+            with contextlib.suppress(OSError):
+                shutil.copymode(out, new)
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.rename(out, old)  # onto the empty placeholder
+            try:
+                os.rename(new, out)
+            except BaseException:
+                os.rename(old, out)
+                raise
+            _move_others(old, out)
+            _remove_run_files(old)
+        self.path, self.staging, self.replace = out, False, False
+
+    def discard(self) -> None:
+        """Drop an unpublished staging folder (the run failed before its first checkpoint)."""
+        if self.staging:
+            _remove_run_files(self.path)
+
+
+def _prepare_out(out: Path, *, resume: bool, force: bool) -> _RunDir:
+    """Check ``out`` and choose where the run writes. Call with :func:`output_lock` held."""
+    check_writable(out)
+    check_writable(out.parent)  # staging folder and renames
+    _recover_side_folders(out)
     if resume:
         if not (out / "last.safetensors").is_file() or not (out / "config.json").is_file():
             raise RobustError(
                 f"nothing to resume in {out}: it has no last.safetensors / config.json; "
                 "start the run without --resume"
             )
-        return
+        read_run_config(out)
+        remove_stale_tmp(out, RUN_FILES)  # left by a kill during a write
+        return _RunDir(out, out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a folder: choose another --out")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise OutputExistsError(
-                f"run folder {out} already exists: choose another --out, pass --resume to "
-                "continue it, or --force to overwrite it"
-            )
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    replace = False
+    if out.is_dir():
+        ours, others = _own_entries(out)
+        if others or any(p.name in RUN_FILES for p in ours):
+            if not is_run_folder(out):
+                raise OutputExistsError(
+                    f"{out} is not empty and not a robustcli run folder (no config.json "
+                    "written by robust train): choose another --out (--force replaces only "
+                    "run folders)"
+                )
+            if not force:
+                raise OutputExistsError(
+                    f"run folder {out} already exists: choose another --out, pass --resume to "
+                    "continue it, or --force to replace it"
+                )
+            replace = True
+            out = out.resolve()  # a symlinked run folder: replace its target, keep the link
+        else:
+            remove_stale_tmp(out, RUN_FILES)  # only our temporary files: an empty folder
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".new", dir=out.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; run folders get the usual mode
+    return _RunDir(out, staging, staging=True, replace=replace)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _write_metrics(path: Path, history: Iterable[Mapping[str, float]]) -> None:
@@ -563,7 +749,7 @@ def _resolve_config(
     hp["epochs"], hp["batch_size"] = int(hp["epochs"]), int(hp["batch_size"])
     hp["milestone_epochs"] = milestone_epochs(hp["milestones"], hp["epochs"])
     return {
-        "schema": "robustcli-train-config",
+        "schema": CONFIG_SCHEMA,
         "schema_version": 1,
         "model": model_name,
         "backbone": spec.backbone,
@@ -697,6 +883,37 @@ def _restore_rng(
         torch.cuda.set_rng_state(tensors[ckey], device)
 
 
+# Ranges of the numeric options (the CLI checks the same ones with ``in_range``).
+LR_RANGE = (0.0, 10.0)  # exclusive low: a larger peak lr only diverges
+SEED_MAX = 2**32 - 1  # NumPy's limit
+
+
+def _check_numbers(**values: Any) -> None:
+    """One-line errors for numeric arguments out of range, before anything is touched (Python
+    callers get the CLI's checks too). ``None`` means "the recipe's"."""
+    whole = (lambda v: v >= 1 and v.is_integer(), "a whole number >= 1")
+    lo, hi = LR_RANGE
+    rules: dict[str, tuple[Callable[[float], bool], str]] = {
+        "epochs": whole,
+        "batch_size": whole,
+        "train_limit": whole,
+        "test_limit": whole,
+        "eval_every": whole,
+        "lr": (lambda v: lo < v <= hi, f"a number > {lo:g} and <= {hi:g}"),
+        "seed": (lambda v: 0 <= v <= SEED_MAX and v.is_integer(), f"a whole number 0..{SEED_MAX}"),
+        "momentum": (lambda v: 0 <= v < 1, "a number >= 0 and < 1"),
+        "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+        "label_smoothing": (lambda v: 0 <= v < 1, "a number >= 0 and < 1"),
+    }
+    for name, value in values.items():
+        if value is None:
+            continue
+        ok, rule = rules[name]
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (is_number and math.isfinite(value) and ok(float(value))):
+            raise RobustError(f"--{name.replace('_', '-')} {value!r} is out of range: give {rule}")
+
+
 def train(
     model_name: str,
     *,
@@ -743,7 +960,9 @@ def train(
         seed: seeds model init, data order and augmentation (default 0).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         resume: continue the run in ``out`` from its last finished epoch.
-        force: overwrite an existing run folder.
+        force: replace an existing run folder (one with robust train's ``config.json``; other
+            non-empty folders are refused). The old run stays until the new one has its first
+            checkpoint.
         compile: wrap the model in ``torch.compile``.
         precision: ``auto`` (bf16 autocast where the hardware has native bf16), ``bf16``,
             ``fp32``, or ``fp64`` (double-precision weights, for numerical checks).
@@ -759,41 +978,70 @@ def train(
     Under ``torchrun`` (``WORLD_SIZE`` > 1) this runs DDP: every rank draws the same global
     batches and keeps its share; BatchNorm uses global-batch statistics.
     """
+    _check_numbers(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        label_smoothing=label_smoothing,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        eval_every=eval_every,
+    )
+    get_model_spec(model_name)  # unknown names fail before anything else
+    out_path = None if out is None else Path(out).expanduser()
+    if resume and out_path is None:
+        raise RobustError("--resume needs --out: the run folder to continue")
     info = runtime.init_distributed(device)
     try:
-        return _train(
-            info,
-            model_name=model_name,
-            dataset=dataset,
-            data_dir=None if data_dir is None else str(data_dir),
-            recipe=recipe,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            out=None if out is None else Path(out).expanduser(),
-            seed=seed,
-            device=device,
-            resume=resume,
-            force=force,
-            compile=compile,
-            precision=precision,
-            channels_last=channels_last,
-            hp_overrides={
-                "momentum": momentum,
-                "nesterov": nesterov,
-                "weight_decay": weight_decay,
-                "schedule": schedule,
-                "label_smoothing": label_smoothing,
-                "augment": augment,
-            },
-            model_overrides=dict(model_overrides or {}),
-            input_shape=input_shape,
-            train_limit=train_limit,
-            test_limit=test_limit,
-            eval_every=max(1, int(eval_every)),
-            progress=progress,
-            callbacks=callbacks,
-        )
+        with contextlib.ExitStack() as stack:
+
+            def lock_and_prepare() -> _RunDir:
+                assert out_path is not None
+                check_writable(out_path)  # before the lock file is made beside it
+                stack.enter_context(output_lock(out_path))
+                rundir = _prepare_out(out_path, resume=resume, force=force)
+                stack.callback(rundir.discard)  # a run that fails before its first checkpoint
+                return rundir
+
+            # rank 0 writes: it holds the run folder's lock until the end
+            rundir = None if out_path is None else _on_rank0(info, lock_and_prepare)
+            return _train(
+                info,
+                rundir=rundir,
+                model_name=model_name,
+                dataset=dataset,
+                data_dir=None if data_dir is None else str(data_dir),
+                recipe=recipe,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                out=out_path,
+                seed=seed,
+                device=device,
+                resume=resume,
+                force=force,
+                compile=compile,
+                precision=precision,
+                channels_last=channels_last,
+                hp_overrides={
+                    "momentum": momentum,
+                    "nesterov": nesterov,
+                    "weight_decay": weight_decay,
+                    "schedule": schedule,
+                    "label_smoothing": label_smoothing,
+                    "augment": augment,
+                },
+                model_overrides=dict(model_overrides or {}),
+                input_shape=input_shape,
+                train_limit=train_limit,
+                test_limit=test_limit,
+                eval_every=int(eval_every),
+                progress=progress,
+                callbacks=callbacks,
+            )
     finally:
         runtime.teardown_distributed(info)
 
@@ -809,6 +1057,7 @@ def _train(
     batch_size: int | None,
     lr: float | None,
     out: Path | None,
+    rundir: _RunDir | None,
     seed: int | None,
     device: str,
     resume: bool,
@@ -826,12 +1075,12 @@ def _train(
     callbacks: Sequence[EpochCallback],
 ) -> TrainResult:
     t_start = time.perf_counter()
-    get_model_spec(model_name)  # unknown names fail before anything else
     dev = runtime.resolve_device(device, info)
-    if resume and out is None:
-        raise RobustError("--resume needs --out: the run folder to continue")
-    if resume and (out / "config.json").is_file():  # keep the run's numerics unless told
-        saved_rt = json.loads((out / "config.json").read_text()).get("runtime", {})
+    saved: dict[str, Any] | None = None
+    if resume:
+        assert out is not None
+        saved = read_run_config(out)
+        saved_rt = saved.get("runtime") or {}  # keep the run's numerics unless told
         if precision == "auto" and saved_rt.get("device") == dev.type:
             precision = saved_rt.get("precision", precision)
         if channels_last is None and saved_rt.get("device") == dev.type:
@@ -840,11 +1089,8 @@ def _train(
     cl = runtime.default_channels_last(dev) if channels_last is None else bool(channels_last)
 
     # ---- configuration (saved one when resuming) --------------------------------------------
-    if out is not None:
-        _on_rank0(info, lambda: _prepare_out(out, resume=resume, force=force))
-    if resume:
-        assert out is not None
-        config = json.loads((out / "config.json").read_text())
+    if saved is not None:
+        config = saved
         _check_resume_args(
             config,
             {
@@ -950,8 +1196,10 @@ def _train(
         history = list(state["history"])
         elapsed_before = float(state.get("elapsed_s", 0.0))
 
-    if out is not None and info.is_main and not resume:
-        atomic_write_json(out / "config.json", config)
+    writes = rundir is not None and info.is_main
+    if writes and not resume:
+        assert rundir is not None
+        atomic_write_json(rundir.path / "config.json", config)
 
     # ---- loop ---------------------------------------------------------------------------------
     report = _reporter(progress, info)
@@ -994,12 +1242,16 @@ def _train(
                 if now - last_show > 0.5 or i == spe - 1:
                     last_show = now
                     n_loc = max(1.0, float(stats[2]))
+                    loss_total = float(stats[0])  # the display's sync: no extra one per step
+                    if not math.isfinite(loss_total) and not info.distributed:
+                        # (with DDP, every rank stops together at the epoch's end instead)
+                        raise _diverged(loss_total, epoch + 1, step_lr, history, out)
                     report.step(
                         epoch + 1,
                         n_epochs,
                         step + 1,
                         {
-                            "loss": float(stats[0]) / n_loc,
+                            "loss": loss_total / n_loc,
                             "acc": float(stats[1]) / n_loc,
                             "images_per_s": seen / (now - t0),
                         },
@@ -1009,6 +1261,9 @@ def _train(
             t_train = time.perf_counter() - t0
             runtime.all_reduce_sum(stats, info)
             n_seen = max(1.0, float(stats[2]))
+            # nothing non-finite is saved: the previous epoch's last.safetensors stays
+            if not math.isfinite(float(stats[0])) or not _all_finite(model):
+                raise _diverged(float(stats[0]), epoch + 1, step_lr, history, out)
             row: dict[str, float] = {
                 "epoch": epoch + 1,
                 "lr": step_lr,
@@ -1041,9 +1296,10 @@ def _train(
             opt_tensors, opt_info = optimizer_to_tensors(optimizer)
             state_tensors.update(opt_tensors)
             state_tensors.update(_rng_tensors(gen, dev, info))
-            if out is not None and info.is_main:
+            if writes:
+                assert rundir is not None
                 save_training_state(
-                    out / "last.safetensors",
+                    rundir.path / "last.safetensors",
                     state_tensors,
                     {
                         "epoch": epoch + 1,
@@ -1053,14 +1309,15 @@ def _train(
                         "world_size": world,
                     },
                 )
-                _write_metrics(out / "metrics.csv", history)
+                _write_metrics(rundir.path / "metrics.csv", history)
+                rundir.publish()  # a new run replaces the folder's old one only now
             runtime.barrier(info)
             report.epoch(row, n_epochs)
             for callback in callbacks:
                 callback(dict(row))
     except KeyboardInterrupt:
         report.stop()
-        if out is not None and info.is_main and history:
+        if writes and history:
             print(
                 f"interrupted after epoch {int(history[-1]['epoch'])}: continue with "
                 f"`robust train --model {config['model']} --out {out} --resume`",
@@ -1081,8 +1338,9 @@ def _train(
     wall = elapsed_before + (time.perf_counter() - loop_start)
     checkpoint_path = None
     model.eval()
-    if out is not None and info.is_main:
-        checkpoint_path = out / "model.safetensors"
+    if writes:
+        assert rundir is not None
+        checkpoint_path = rundir.path / "model.safetensors"
         extra = {
             "recipe": hp["recipe"],
             "hyperparameters": hp,
@@ -1115,7 +1373,7 @@ def _train(
             extra=extra,
         )
         atomic_write_json(
-            out / "result.json",
+            rundir.path / "result.json",
             {
                 "schema": "robustcli-result",
                 "schema_version": 1,
@@ -1155,20 +1413,92 @@ def _train(
     )
 
 
+class TrainingDivergedError(RobustError):
+    """The loss or the weights became NaN or infinite; nothing non-finite was saved."""
+
+
+def _diverged(
+    loss_sum: float,
+    epoch: int,
+    lr: float,
+    history: Sequence[Mapping[str, float]],
+    out: Path | None,
+) -> TrainingDivergedError:
+    what = (
+        f"the loss became {loss_sum}"
+        if not math.isfinite(loss_sum)
+        else "the weights became non-finite"
+    )
+    if out is None:
+        kept = "nothing was saved"
+    elif history:
+        kept = f"{out / 'last.safetensors'} keeps epoch {int(history[-1]['epoch'])}"
+    else:
+        kept = f"nothing was written to {out}"
+    return TrainingDivergedError(
+        f"training diverged: {what} in epoch {epoch} (lr {lr:.4g}); stopped, {kept}: "
+        "lower --lr or choose another --recipe"
+    )
+
+
+def _all_finite(model: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer is finite (one sync)."""
+    sums = [
+        t.detach().float().sum()
+        for t in (*model.parameters(), *model.buffers())
+        if t.is_floating_point()
+    ]
+    return not sums or bool(torch.isfinite(torch.stack(sums)).all())
+
+
+def describe_schedule(hp: Mapping[str, Any], steps_per_epoch: int | None = None) -> str:
+    """The resolved learning-rate schedule in words, e.g. ``lr 0.1, x0.1 after epochs 6, 9``."""
+    lr = f"lr {float(hp['lr']):g}"
+    schedule = hp["schedule"]
+    epochs = int(hp["epochs"])
+    if schedule == "constant":
+        return f"{lr} constant"
+    if schedule == "step":
+        # milestone m lowers the lr from 0-based epoch m on: after m finished epochs
+        inside = [int(m) for m in hp["milestone_epochs"] if int(m) < epochs]
+        later = len(hp["milestone_epochs"]) - len(inside)
+        if inside:
+            plural = "s" if len(inside) > 1 else ""
+            text = f"{lr}, x{float(hp['gamma']):g} after epoch{plural} "
+            text += ", ".join(map(str, inside))
+        else:
+            text = f"{lr} constant"
+        if later:
+            text += f" ({later} later drop{'s' if later > 1 else ''} past the last epoch)"
+        return text
+    total = steps_per_epoch * epochs if steps_per_epoch else None
+    warm = float(hp.get("warmup", 0.0))
+    if warm > 0:
+        steps = f" ({round(warm * total)} steps)" if total else ""
+        ramp = f"linear warm-up over {100 * warm:g}% of the steps{steps}, then "
+    else:
+        ramp = ""
+    if schedule == "onecycle":
+        return f"{lr} one-cycle: {ramp}linear decay to 0"
+    if schedule == "cosine":
+        return f"{lr} cosine: {ramp}cosine decay to 0"
+    return f"{lr} {schedule}"
+
+
 def _header(
     config: Mapping[str, Any], out: Path | None, info: runtime.DistInfo, start_epoch: int
 ) -> str:
     hp = config["hyperparameters"]
     rt = config["runtime"]
     adapt = config["input"]["description"]
-    sched = hp["schedule"] + (f" {hp['milestone_epochs']}" if hp["schedule"] == "step" else "")
+    sched = describe_schedule(hp, config.get("steps_per_epoch"))
     parts = [
         f"training {config['model']} on {config['dataset']} "
         f"({config['train_images']} train / {config['test_images']} test"
         + (f"; input {adapt}" if adapt != "none" else "")
         + ")",
-        f"recipe {hp['recipe']}: {hp['epochs']} epochs, batch {hp['batch_size']}, lr {hp['lr']} "
-        f"{sched}, augment {hp['augment']}, seed {config['seed']}",
+        f"recipe {hp['recipe']}: {hp['epochs']} epochs, batch {hp['batch_size']}, {sched}, "
+        f"augment {hp['augment']}, seed {config['seed']}",
         f"{rt['device']} {rt['precision']}"
         + (" channels_last" if rt["channels_last"] else "")
         + (" compiled" if rt["compile"] else "")
@@ -1184,9 +1514,13 @@ __all__ = [
     "RECIPES",
     "Recipe",
     "TrainResult",
+    "TrainingDivergedError",
     "describe_recipes",
+    "describe_schedule",
     "evaluate_tensors",
     "get_recipe",
+    "is_run_folder",
     "learning_rate",
+    "read_run_config",
     "train",
 ]

@@ -191,19 +191,25 @@ def test_cli_unknown_model_is_one_line():
 
 
 KILL_SCRIPT = """
-import sys, time, torch
-from robustcli.train import train
+import pathlib, sys, time, torch
+import robustcli.train as T
 torch.set_num_threads(1)
 kw = {kw!r}
-def slow(row):  # leaves time to be killed after the first epoch's checkpoint
-    time.sleep(30)
-train("resnet20", out=sys.argv[1], callbacks=[slow], **kw)
+schedule = T.learning_rate
+def stall(hp, step, spe, epochs):  # called inside each step: stall half-way through epoch 2
+    if step == spe + spe // 2:
+        pathlib.Path(sys.argv[2]).touch()
+        time.sleep(60)
+    return schedule(hp, step, spe, epochs)
+T.learning_rate = stall
+T.train("resnet20", out=sys.argv[1], **kw)
 """
 
 
 def test_resume_after_kill_9_equals_uninterrupted(tmp_path):
-    """A separate process is SIGKILLed after its first epoch checkpoint; resuming here gives
-    bit-for-bit the weights of an uninterrupted run (same seed, CPU, one thread)."""
+    """A separate process is SIGKILLed in the middle of a step of epoch 2 (its data order drawn,
+    half of its updates done); resuming here from the epoch-1 checkpoint gives bit-for-bit the
+    weights of an uninterrupted run (same seed, CPU, one thread)."""
     import os
     import signal
     import subprocess
@@ -215,12 +221,15 @@ def test_resume_after_kill_9_equals_uninterrupted(tmp_path):
     script.write_text(KILL_SCRIPT.format(kw=kw))
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env)
+    in_step = tmp_path / "in-step"
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(in_step)], env=env)
     try:
         deadline = time.time() + 120
-        while not (out / "metrics.csv").exists() and time.time() < deadline:
+        while not in_step.exists() and time.time() < deadline:
             assert proc.poll() is None, "training process died early"
             time.sleep(0.1)
+        with pytest.raises(RobustError, match=f"in use .*pid {proc.pid}"):  # the run is locked
+            train("resnet20", out=out, resume=True, progress="none")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

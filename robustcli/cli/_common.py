@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from robustcli.errors import RobustError
 
@@ -17,16 +20,47 @@ err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Environment failures while writing or reading files: what to do about each. Other OSErrors
+# (and every other exception) stay tracebacks, since they point at bugs.
+_OS_FIXES = {
+    errno.ENOSPC: "free some disk space or write to another disk",
+    errno.EDQUOT: "free some space within your quota or write to another disk",
+    errno.EACCES: "fix the permissions or choose another path",
+    errno.EPERM: "fix the permissions or choose another path",
+    errno.EROFS: "the file system is read-only: choose a path on a writable one",
+}
+
+
+def os_error_line(exc: OSError) -> str | None:
+    """``<path>: <reason>: <fix>`` for a disk-full or permission OSError, else ``None``."""
+    fix = _OS_FIXES.get(exc.errno) if exc.errno is not None else None
+    if fix is None:
+        return None
+    reason = exc.strerror or os.strerror(exc.errno)
+    where = exc.filename if exc.filename is not None else "output"
+    return f"{where}: {reason}: {fix}"
+
 
 def guarded(func: F) -> F:
-    """Turn a RobustError into one red line on stderr and exit code 2 (no traceback)."""
+    """Turn a RobustError, or a disk-full / permission OSError, into one red line on stderr and
+    exit code 2 (no traceback)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except RobustError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(code=2) from None
+        except OSError as exc:
+            line = os_error_line(exc)
+            if line is None:
+                raise
+            err_console.print(
+                f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")

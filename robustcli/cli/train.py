@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from robustcli.cli import app
-from robustcli.cli._common import err_console, guarded
+from robustcli.cli._common import err_console, guarded, in_range
 
 RECIPE_HELP = "fast (ours, default) | paper-a | strisciuglio | topdown; see docs/training.md."
 
@@ -32,19 +32,35 @@ def train_command(
         "downloading when missing.",
     ),
     recipe: str | None = typer.Option(None, "--recipe", "-r", help=RECIPE_HELP),
-    epochs: int | None = typer.Option(None, "--epochs", "-e", help="Override the recipe's."),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", "-b", help="Global batch size (all processes); overrides the recipe."
+    epochs: int | None = typer.Option(
+        None, "--epochs", "-e", help="Override the recipe's.", callback=in_range("--epochs", 1)
     ),
-    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate; overrides the recipe."),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        "-b",
+        help="Global batch size (all processes); overrides the recipe.",
+        callback=in_range("--batch-size", 1),
+    ),
+    lr: float | None = typer.Option(
+        None,
+        "--lr",
+        help="Peak learning rate (0 < lr <= 10); overrides the recipe.",
+        callback=in_range("--lr", 0, 10, low_open=True),
+    ),
     out: Path | None = typer.Option(
         None,
         "--out",
         "-o",
         help="Run folder. Default: runs/<model>-<dataset>-s<seed>. Refused if it exists, "
-        "unless --resume or --force.",
+        "unless --resume or --force; locked while training.",
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Seed for init, order, augmentation [0]."),
+    seed: int | None = typer.Option(
+        None,
+        "--seed",
+        help="Seed for init, order, augmentation [0].",
+        callback=in_range("--seed", 0),  # the library caps it at 2**32 - 1
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option(
         "auto", "--precision", help="auto (bf16 where the hardware has it), bf16 or fp32."
@@ -52,7 +68,12 @@ def train_command(
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out from its last finished epoch."
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing run folder."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace an existing run folder (only one robust train wrote); the old run stays "
+        "until the new one's first checkpoint.",
+    ),
     compile: bool = typer.Option(False, "--compile", help="Use torch.compile (slow first epoch)."),
     progress: str = typer.Option(
         "auto", "--progress", help="auto (bar on a terminal, lines otherwise), rich, plain, none."
