@@ -1,7 +1,8 @@
 """Foolbox L2 attacks with paper B's protocol (Lelekas et al. 2020, Exp. 2).
 
 Each attack is repeated (default 3; deterministic attacks run once) and each sample keeps its
-smallest verified L2 perturbation; failures are at infinity. From those distances come the
+smallest verified L2 perturbation; failures are at infinity, samples the time budget cut are
+left out of the attack metrics (never counted as errors). From those distances come the
 accuracy-loss vs L2 curve of paper B's Fig. 6, robust accuracy on an epsilon grid, the area
 under the loss curve, and the per-sample worst case over several attacks. A TD network can be
 attacked through one input scale only (Fig. 5).
@@ -21,6 +22,7 @@ from robustcli.attacks.methods import AttackMethod, EpsilonSearch, l2_norms
 from robustcli.attacks.metrics import (
     accuracy_at,
     accuracy_loss,
+    clean_accuracy,
     curves_frame,
     default_epsilons,
     loss_area,
@@ -35,6 +37,7 @@ from robustcli.attacks.registry import (
     AttackSpec,
     attack_params,
     build_attack,
+    coerce_param,
     get_attack_spec,
     list_attacks,
     parse_param_overrides,
@@ -51,6 +54,7 @@ from robustcli.attacks.results import (
 from robustcli.attacks.runner import (
     AttackOutcome,
     branch_transfer,
+    complete_attacks,
     run_attack,
     run_attacks,
     worst_case,
@@ -74,6 +78,9 @@ __all__ = [
     "branch_transfer",
     "build_attack",
     "check_outputs",
+    "clean_accuracy",
+    "coerce_param",
+    "complete_attacks",
     "curves_frame",
     "default_epsilons",
     "get_attack_spec",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,13 @@ from robustcli.attacks.runner import (
     AttackOutcome,
     ProgressHook,
     branch_transfer,
+    complete_attacks,
     run_attack,
     worst_case,
 )
 from robustcli.attacks.target import BRANCHES, AttackTarget, is_topdown
 from robustcli.errors import DataError, RobustError
-from robustcli.io import file_sha256
+from robustcli.io import file_sha256, output_lock
 
 #: Foolbox's bundled sample sets (``foolbox/data/<set>_<index>_<label>.png``, 20 each: the first
 #: 20 test images of each dataset) for the datasets of model_zoo.yaml.
@@ -110,6 +111,7 @@ def load_attack_model(
                 "name": ck.name,
                 "checkpoint": str(path),
                 "sha256": file_sha256(path),
+                **ck.integrity_record(),  # verified: false for legacy / unverified files
                 "dataset": ck.dataset,
                 "normalization": ck.normalization,
                 "input": ck.input.to_dict(),
@@ -226,7 +228,9 @@ def load_attack_data(
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     note = None
     if n_examples is not None and n_examples > total:
-        note = f"asked for {n_examples} examples, the source has {total}: using {total}"
+        note = (
+            f"-n {n_examples} is more than the {total} images of the {source}: clamped to n={total}"
+        )
     return AttackData(
         images=x.clamp(0.0, 1.0).contiguous(),
         labels=labels.long(),
@@ -236,6 +240,8 @@ def load_attack_data(
             "data_dir": str(data_dir) if data_dir else None,
             "split_size": total,
             "n_examples": len(idx),
+            "n_requested": n_examples,
+            "clamped": n_examples is not None and n_examples > total,
             "indices": idx.tolist(),
             "selection": "all" if len(idx) == total else f"random, seed {seed}",
             "input": adapter.to_dict(),
@@ -277,10 +283,16 @@ def run_experiment(
     device: str | torch.device = "cpu",
     progress: ProgressHook | None = None,
     command: Sequence[str] | None = None,
+    finished: Callable[[AttackOutcome], None] | None = None,
 ) -> AttackRun:
     """Attack every model (TD models through each of ``branches``; other models whole) with every
     attack; add the per-sample worst case over attacks and, for TD models attacked whole, paper
-    B's branch transfer (Fig. 5). Returns the outcomes and the JSON document."""
+    B's branch transfer (Fig. 5). Returns the outcomes and the JSON document.
+
+    The worst cases of all models and branches combine the same attacks: those that left no
+    sample out on any of them (``complete_attacks``); a worst case without every attack is
+    marked partial and names the attacks left out. ``finished(outcome)`` is called after each
+    attack run (e.g. to log a line)."""
     params = params or {}
     for b in branches:
         if b not in BRANCHES:
@@ -294,8 +306,7 @@ def run_experiment(
     eps = list(epsilons) if epsilons else default_epsilons(models[0].input_shape)
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
-    outcomes: list[AttackOutcome] = []
-    transfer_rows: list[dict[str, Any]] = []
+    groups: list[tuple[AttackTarget, list[AttackOutcome]]] = []
     notes: list[str] = []
     labels = [m.label for m in models]
     for m in models:
@@ -306,8 +317,11 @@ def run_experiment(
         for branch in own:
             target = AttackTarget(m.model, m.mean, m.std, m.name, branch, device)
             target.label = label if branch == "all" else f"{label} [{branch}]"
-            group = [
-                run_attack(
+            # adversarial images are kept only where the branch transfer needs them
+            keep = m.topdown and branch == "all"
+            group = []
+            for a in attacks:
+                o = run_attack(
                     target,
                     a,
                     data.images,
@@ -318,26 +332,44 @@ def run_experiment(
                     seed=seed,
                     max_seconds=max_seconds,
                     progress=progress,
+                    keep_adversarials=keep,
                 )
-                for a in attacks
-            ]
-            if len(group) > 1:
-                group.append(worst_case(group))
-            if m.topdown and branch == "all":
-                for o in group:
-                    accs = branch_transfer(target, o, data.images)
-                    if accs:
-                        transfer_rows.append({"model": target.label, "attack": o.attack, **accs})
+                group.append(o)
+                if finished is not None:
+                    finished(o)
+            groups.append((target, group))
+
+    # one attack set for every worst case: the attacks cut nowhere
+    common = complete_attacks([g for _, g in groups])
+    reasons: dict[str, str] = {}
+    for _, g in groups:
+        for o in g:
+            if o.n_cut and o.attack not in reasons:
+                reasons[o.attack] = f"{o.n_cut} of {int(o.clean_correct.sum())} cut on {o.label}"
+    outcomes: list[AttackOutcome] = []
+    transfer_rows: list[dict[str, Any]] = []
+    for target, group in groups:
+        if len(group) > 1:
+            group.append(worst_case(group, include=common, reasons=reasons))
+        if target.topdown and target.branch == "all":
             for o in group:
-                o.adversarials = None  # the document keeps distances, not images
-            outcomes.extend(group)
+                accs = branch_transfer(target, o, data.images)
+                if accs:
+                    transfer_rows.append({"model": target.label, "attack": o.attack, **accs})
+        for o in group:
+            o.adversarials = None  # the document keeps distances, not images
+        outcomes.extend(group)
     seconds = time.perf_counter() - t0
+    left_out = [a for a in attacks if a not in common]
     config = {
         "attacks": {a: attack_params(a, params.get(a)) for a in attacks},
         "repeats": repeats,
         "branches": list(branches),
         "batch_size": batch_size,
         "max_seconds": max_seconds,
+        "worst_case": {"of": common, "left_out": left_out, "partial": bool(left_out)}
+        if len(attacks) > 1
+        else None,
         "notes": notes,
     }
     doc = attack_document(
@@ -366,9 +398,10 @@ def write_experiment(
     """Write the JSON, both CSVs and the figure (PNG + SVG) of ``run`` to ``out_dir``."""
     from robustcli.plots import plot_attack_curves, save_attack_figure
 
-    check_outputs(out_dir, force)
-    paths = write_attack_outputs(out_dir, run.document, run.summary, run.samples, force=force)
-    fig = plot_attack_curves(run.outcomes, epsilons=run.epsilons, title=title)
-    stem = output_paths(out_dir)["figure_png"].with_suffix("")
-    figs = save_attack_figure(fig, stem, force=force)
+    with output_lock(out_dir):  # another process writing the same folder is refused
+        check_outputs(out_dir, force)
+        paths = write_attack_outputs(out_dir, run.document, run.summary, run.samples, force=force)
+        fig = plot_attack_curves(run.outcomes, epsilons=run.epsilons, title=title)
+        stem = output_paths(out_dir)["figure_png"].with_suffix("")
+        figs = save_attack_figure(fig, stem, force=force)
     return {**paths, "figure_png": figs["png"], "figure_svg": figs["svg"]}

@@ -1,14 +1,28 @@
 """Curves and metrics of paper B's Exp. 2 from per-sample minimal L2 distances.
 
-Let ``d_i`` be sample ``i``'s kept distance (0 if misclassified clean, inf if never fooled) over
-the ``n`` evaluated samples (cut samples, NaN, are left out). Then
+Each sample ``i`` of the ``N`` evaluated images has a kept distance ``d_i``: 0 if the clean image
+is misclassified (no attack needed), a finite number if an adversarial was found, inf if the
+attack never fooled it, and NaN if it was *not attacked* under the protocol (cut by the time
+budget, or attacked in fewer repeats than asked). Let ``C`` be the correctly classified images
+and ``A`` (a subset of ``C``) the attacked ones (finite or inf). Then
 
-- accuracy at L2 ``e``:  ``acc(e) = 100 * #{d_i > e} / n`` (robust accuracy; ``acc(0)`` is the
-  clean accuracy, as Foolbox counts a perturbation of size ``<= e`` as within budget);
-- accuracy loss:        ``loss(e) = acc(0) - acc(e) = 100 * #{0 < d_i <= e} / n``, paper B's
-  y axis; it is a non-decreasing step function of ``e``;
-- area under the loss curve up to ``E``: ``int_0^E loss(e) de = 100/n * sum_{0<d_i<E} (E - d_i)``
-  (``auc_area``, in %-L2 units) and its mean over ``[0, E]`` (``auc``, in %): lower is more robust.
+- clean accuracy:  ``clean = 100 * |C| / N`` over all images (it needs no attack);
+- accuracy at L2 ``e`` (robust accuracy): ``acc(e) = clean * #{i in A: d_i > e} / |A|``,
+  the clean accuracy times the share of attacked images that withstand ``e`` (Foolbox counts a
+  perturbation of size ``<= e`` as within budget, so ``acc(0) = clean``);
+- accuracy loss:  ``loss(e) = clean - acc(e) = clean * #{i in A: d_i <= e} / |A|``, paper B's
+  y axis, a non-decreasing step function of ``e``;
+- area under the loss curve up to ``E``:
+  ``int_0^E loss(e) de = clean/|A| * sum_{i in A, d_i<E} (E - d_i)`` (``auc_area``, in %-L2)
+  and its mean over ``[0, E]`` (``auc``, in %): lower is more robust;
+- median minimal L2 over ``A`` (failures at inf).
+
+With nothing cut (``A = C``) these are the plain counts over all ``N`` images, e.g.
+``acc(e) = 100 * #{d_i > e} / N``. With a cut, misclassified images (never cut) would be
+over-represented among the images with a known distance and a cut would look like lost
+accuracy; the formulas above instead estimate the attack metrics from the images actually
+attacked. With ``A`` empty (the attack was cut before finishing any batch) every attack metric
+is NaN ("cut" in tables), never 0; clean accuracy is still known.
 """
 
 from __future__ import annotations
@@ -22,50 +36,90 @@ import pandas as pd
 from robustcli.attacks.runner import AttackOutcome
 
 
-def _evaluated(distances: np.ndarray) -> np.ndarray:
+def split_distances(
+    distances: np.ndarray, clean_correct: np.ndarray | None = None
+) -> tuple[int, int, np.ndarray]:
+    """``(N, |C|, d[A])``: images, correctly classified ones, the attacked ones' distances.
+
+    Without ``clean_correct``, the misclassified images are those at distance 0 (cut images,
+    NaN, are correctly classified ones: only those are attacked)."""
     d = np.asarray(distances, dtype=np.float64)
-    return d[~np.isnan(d)]
+    correct = d != 0 if clean_correct is None else np.asarray(clean_correct, dtype=bool)
+    return len(d), int(correct.sum()), d[correct & ~np.isnan(d)]
 
 
-def accuracy_at(distances: np.ndarray, l2: float | Sequence[float]) -> np.ndarray:
-    """Accuracy (%) with perturbations up to ``l2`` allowed (robust accuracy at ``l2``)."""
-    d = _evaluated(distances)
+def clean_accuracy(distances: np.ndarray, clean_correct: np.ndarray | None = None) -> float:
+    """Clean accuracy (%) over all ``N`` images (NaN if there are none)."""
+    n, n_correct, _ = split_distances(distances, clean_correct)
+    return 100.0 * n_correct / n if n else math.nan
+
+
+def _kept_share(
+    distances: np.ndarray, clean_correct: np.ndarray | None
+) -> tuple[float, np.ndarray | None]:
+    """``(clean, d[A])``; ``d[A]`` None when the attack metrics are unknown (``A`` empty while
+    ``C`` is not)."""
+    n, n_correct, att = split_distances(distances, clean_correct)
+    clean = 100.0 * n_correct / n if n else math.nan
+    if n == 0 or (n_correct and not len(att)):
+        return clean, None
+    return clean, att
+
+
+def accuracy_at(
+    distances: np.ndarray, l2: float | Sequence[float], clean_correct: np.ndarray | None = None
+) -> np.ndarray:
+    """Accuracy (%) with perturbations up to ``l2`` allowed (robust accuracy at ``l2``); NaN
+    where unknown (nothing attacked), except at ``l2 <= 0`` (the clean accuracy)."""
     e = np.atleast_1d(np.asarray(l2, dtype=np.float64))
-    if len(d) == 0:
-        return np.full(e.shape, math.nan)
-    return 100.0 * (d[None, :] > e[:, None]).sum(axis=1) / len(d)
+    clean, att = _kept_share(distances, clean_correct)
+    if att is None:
+        return np.where(e <= 0, clean, math.nan)
+    if not len(att):  # nothing correctly classified: 0 at every budget
+        return np.zeros(e.shape)
+    return clean * (att[None, :] > e[:, None]).sum(axis=1) / len(att)
 
 
-def accuracy_loss(distances: np.ndarray, l2: float | Sequence[float]) -> np.ndarray:
+def accuracy_loss(
+    distances: np.ndarray, l2: float | Sequence[float], clean_correct: np.ndarray | None = None
+) -> np.ndarray:
     """Loss in accuracy (percentage points) at each L2 in ``l2`` (paper B's Fig. 6 y axis)."""
-    return accuracy_at(distances, 0.0)[0] - accuracy_at(distances, l2)
+    return clean_accuracy(distances, clean_correct) - accuracy_at(distances, l2, clean_correct)
 
 
-def loss_steps(distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def loss_steps(
+    distances: np.ndarray, clean_correct: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The exact accuracy-loss step curve: ``(l2, loss)`` at 0 and at each distinct finite
-    positive distance (the loss jumps there; draw with ``drawstyle="steps-post"``)."""
-    d = _evaluated(distances)
-    if len(d) == 0:
+    positive distance (the loss jumps there; draw with ``drawstyle="steps-post"``). A fully cut
+    attack gives ``([0], [nan])``: no curve, rather than a flat line at 0."""
+    clean, att = _kept_share(distances, clean_correct)
+    if att is None:
+        return np.zeros(1), np.full(1, math.nan)
+    if not len(att):
         return np.zeros(1), np.zeros(1)
-    finite = np.sort(d[np.isfinite(d) & (d > 0)])
+    finite = np.sort(att[np.isfinite(att) & (att > 0)])
     xs, counts = np.unique(finite, return_counts=True)
-    return np.concatenate([[0.0], xs]), np.concatenate([[0.0], 100.0 * np.cumsum(counts) / len(d)])
+    at_zero = clean * float((att <= 0).sum()) / len(att)
+    ys = at_zero + clean * np.cumsum(counts) / len(att)
+    return np.concatenate([[0.0], xs]), np.concatenate([[at_zero], ys])
 
 
-def loss_area(distances: np.ndarray, upto: float) -> float:
-    """``int_0^upto loss(e) de`` in %-L2 units."""
-    d = _evaluated(distances)
-    if len(d) == 0 or upto <= 0:
+def loss_area(distances: np.ndarray, upto: float, clean_correct: np.ndarray | None = None) -> float:
+    """``int_0^upto loss(e) de`` in %-L2 units (NaN if unknown)."""
+    clean, att = _kept_share(distances, clean_correct)
+    if att is None or upto <= 0:
         return math.nan
-    hit = d[(d > 0) & (d < upto)]
-    return float(100.0 * (upto - hit).sum() / len(d))
+    if not len(att):
+        return 0.0
+    hit = att[att < upto]
+    return float(clean * (upto - hit).sum() / len(att))
 
 
 def median_l2(distances: np.ndarray, clean_correct: np.ndarray) -> float:
-    """Median minimal L2 over the evaluated, correctly classified samples (failures = inf)."""
-    d = np.asarray(distances, dtype=np.float64)
-    d = d[np.asarray(clean_correct) & ~np.isnan(d)]
-    return float(np.median(d)) if len(d) else math.nan
+    """Median minimal L2 over the attacked, correctly classified samples (failures = inf)."""
+    _, _, att = split_distances(distances, clean_correct)
+    return float(np.median(att)) if len(att) else math.nan
 
 
 def eps_column(eps: float) -> str:
@@ -77,31 +131,48 @@ def summary_frame(
 ) -> pd.DataFrame:
     """One row per outcome: clean accuracy, attack success, median minimal L2, robust accuracy
     at each epsilon, area under the accuracy-loss curve up to ``auc_upto`` (default: the largest
-    epsilon), time and throughput. Percentages in %, distances in [0, 1] pixel units."""
-    upto = float(max(epsilons)) if auc_upto is None else float(auc_upto)
+    epsilon), time and throughput, and what the time budget left out. Percentages in %,
+    distances in [0, 1] pixel units; attack metrics NaN when nothing was attacked.
+
+    Counts: ``n`` images whose outcome is known (misclassified, or attacked in every repeat),
+    ``attacked`` correctly classified images attacked in every repeat (the base of the attack
+    metrics), ``cut`` correctly classified images left out (not attacked, or ``partial``: in
+    fewer repeats than asked), ``cut_repeats`` per repeat the images it did not reach
+    (``"0/12/40"``), ``left_out`` (worst case only) the cut attacks left out of it, ``partial``
+    true when something was left out (a cut attack, or a worst case without every attack)."""
+    if auc_upto is not None:
+        upto = float(auc_upto)
+    else:
+        upto = float(max(epsilons)) if len(epsilons) else 0.0
     rows = []
     for o in outcomes:
-        ev = o.evaluated
-        correct = o.clean_correct & ev
-        n_ev = int(ev.sum())
+        cc = o.clean_correct
+        att = o.attacked
         fooled = int((o.status == "adversarial").sum())
+        left_out = [str(a) for a in o.params.get("left_out") or []]  # worst case only
         row: dict[str, object] = {
             "model": o.label,
             "attack": o.attack,
-            "n": n_ev,
-            "clean_acc": float(accuracy_at(o.distances, 0.0)[0]),
-            "success": 100.0 * fooled / correct.sum() if correct.sum() else math.nan,
-            "median_l2": median_l2(o.distances, o.clean_correct),
+            "n": int(o.evaluated.sum()),
+            "clean_acc": clean_accuracy(o.distances, cc),
+            "success": 100.0 * fooled / att.sum() if att.sum() else math.nan,
+            "median_l2": median_l2(o.distances, cc),
         }
-        for eps, acc in zip(epsilons, accuracy_at(o.distances, epsilons), strict=True):
+        if not cc.any():  # nothing to attack: every image is misclassified, success is void
+            row["success"] = math.nan
+        for eps, acc in zip(epsilons, accuracy_at(o.distances, epsilons, cc), strict=True):
             row[eps_column(eps)] = float(acc)
-        area = loss_area(o.distances, upto)
+        area = loss_area(o.distances, upto, cc)
         row["auc"] = area / upto if upto > 0 else math.nan
         row["auc_area"] = area
         row["repeats"] = o.repeats
         row["seconds"] = o.seconds
         row["img_per_s"] = o.images_per_second
+        row["attacked"] = o.n_attacked
         row["cut"] = o.n_cut
+        row["cut_repeats"] = "/".join(str(v) for v in o.cut_by_repeat)
+        row["left_out"] = ",".join(left_out)
+        row["partial"] = bool(o.n_cut or left_out)
         row["branch"] = o.branch
         row["model_name"] = o.model
         rows.append(row)
@@ -110,7 +181,7 @@ def summary_frame(
 
 def samples_frame(outcomes: Sequence[AttackOutcome]) -> pd.DataFrame:
     """One row per (outcome, sample): label, clean prediction, status, kept L2 (inf failed, NaN
-    cut), the repeat that gave it, and each repeat's L2."""
+    cut or partial), the repeat that gave it, and each repeat's L2 (NaN: not reached)."""
     frames = []
     for o in outcomes:
         df = pd.DataFrame(
@@ -138,7 +209,7 @@ def curves_frame(outcomes: Sequence[AttackOutcome], grid: Sequence[float]) -> pd
     g = np.asarray(grid, dtype=np.float64)
     frames = []
     for o in outcomes:
-        acc = accuracy_at(o.distances, g)
+        acc = accuracy_at(o.distances, g, o.clean_correct)
         frames.append(
             pd.DataFrame(
                 {
@@ -147,7 +218,7 @@ def curves_frame(outcomes: Sequence[AttackOutcome], grid: Sequence[float]) -> pd
                     "branch": o.branch,
                     "l2": g,
                     "accuracy": acc,
-                    "accuracy_loss": accuracy_at(o.distances, 0.0)[0] - acc,
+                    "accuracy_loss": clean_accuracy(o.distances, o.clean_correct) - acc,
                 }
             )
         )

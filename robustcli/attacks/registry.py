@@ -10,6 +10,7 @@ PGD), ``all``.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,16 +94,105 @@ def resolve_attacks(names: str | list[str]) -> list[str]:
     return out
 
 
+#: Allowed range per parameter name: (low, high, low_open); ints and floats alike must be finite.
+PARAM_LIMITS: dict[str, tuple[float | None, float | None, bool]] = {
+    "steps": (1, None, False),
+    "binary_search_steps": (1, None, False),
+    "init_steps": (1, None, False),
+    "directions": (1, None, False),
+    "candidates": (2, None, False),
+    "num_translations": (1, None, False),
+    "num_rotations": (1, None, False),
+    "refine": (0, None, False),
+    "start": (0, None, True),
+    "ratio": (1, None, True),
+    "rel_stepsize": (0, None, True),
+    "init_epsilon": (0, None, True),
+    "gamma": (0, 1, True),
+    "stepsize": (0, None, True),
+    "initial_const": (0, None, True),
+    "max_stepsize": (0, None, True),
+    "overshoot": (0, None, False),
+    "max_translation": (0, None, False),
+    "max_rotation": (0, None, False),
+}
+
+
+def _expected(default: Any, key: str) -> str:
+    low, high, low_open = PARAM_LIMITS.get(key, (None, None, False))
+    kind = (
+        "true or false"
+        if isinstance(default, bool)
+        else "an integer"
+        if isinstance(default, int)
+        else "a number"
+        if isinstance(default, float)
+        else f"a {type(default).__name__}"
+    )
+    rule = []
+    if low is not None and not isinstance(default, bool):
+        rule.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None and not isinstance(default, bool):
+        rule.append(f"<= {high:g}")
+    return kind + (" " + " and ".join(rule) if rule else "")
+
+
+def coerce_param(attack: str, key: str, value: Any) -> Any:
+    """``value`` as the type of the default of ``attack``'s parameter ``key``, within its range;
+    else a one-line ``RobustError`` naming the parameter, the expected type and the default.
+
+    ``"200"`` / ``200.0`` -> ``200`` for an integer, ``"1e-3"`` -> ``0.001`` for a number; a bool
+    is never a number and a number never a bool."""
+    spec = get_attack_spec(attack)
+    default = spec.defaults[key]
+    bad = RobustError(
+        f"bad value {value!r} for attack parameter {attack}.{key}: expected "
+        f"{_expected(default, key)} (default {default!r}), e.g. -p {attack}.{key}={default}"
+    )
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise bad
+    if isinstance(default, int | float):
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise bad from None
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise bad
+        if isinstance(default, int):
+            if float(value) != int(value):
+                raise bad
+            value = int(value)
+        else:
+            value = float(value)
+        low, high, low_open = PARAM_LIMITS.get(key, (None, None, False))
+        if low is not None and (value <= low if low_open else value < low):
+            raise bad
+        if high is not None and value > high:
+            raise bad
+        return value
+    if not isinstance(value, type(default)):
+        raise bad
+    return value
+
+
 def attack_params(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The defaults of ``name`` with ``overrides`` applied (unknown keys are an error)."""
+    """The defaults of ``name`` with ``overrides`` applied: unknown keys, values of the wrong
+    type (``ddn.steps="abc"``) and out-of-range values are one-line ``RobustError``s."""
     spec = get_attack_spec(name)
     overrides = dict(overrides or {})
     check_params(name, overrides, list(spec.defaults))
-    return {**spec.defaults, **overrides}
+    return {**spec.defaults, **{k: coerce_param(name, k, v) for k, v in overrides.items()}}
 
 
 def build_attack(name: str, **overrides: Any) -> AttackMethod:
-    """The ``AttackMethod`` of ``name`` with its defaults and ``overrides``."""
+    """The ``AttackMethod`` of ``name`` with its defaults and ``overrides`` (checked)."""
     spec = get_attack_spec(name)
     params = attack_params(name, overrides)
     try:
@@ -114,7 +204,9 @@ def build_attack(name: str, **overrides: Any) -> AttackMethod:
 def parse_param_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
     """``["cw.steps=200", "pgd.refine=2"]`` -> ``{"cw": {"steps": 200}, "pgd": {"refine": 2}}``.
 
-    Values are read as YAML scalars (``200`` int, ``0.5`` float, ``false`` bool).
+    Values are read as YAML scalars (``200`` int, ``0.5`` float, ``false`` bool) and must match
+    the type and range of the parameter's default (``attack_params``): ``ddn.steps=abc`` is a
+    one-line ``RobustError`` naming the parameter and the expected type.
     """
     import yaml
 
@@ -122,7 +214,7 @@ def parse_param_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
     for item in items or []:
         key, sep, value = item.partition("=")
         attack, dot, param = key.strip().partition(".")
-        if not sep or not dot or not attack or not param:
+        if not sep or not dot or not attack or not param or not value.strip():
             raise RobustError(f"bad --param {item!r}: write ATTACK.KEY=VALUE, e.g. cw.steps=200")
         get_attack_spec(attack)
         try:
@@ -130,9 +222,10 @@ def parse_param_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
         except yaml.YAMLError:
             parsed = value
         out.setdefault(attack, {})[param.strip()] = parsed
-    for attack, params in out.items():
-        check_params(attack, params, list(ATTACKS[attack].defaults))
-    return out
+    return {
+        attack: {k: attack_params(attack, params)[k] for k in params}
+        for attack, params in out.items()
+    }
 
 
 # --------------------------------------------------------------------------- builders

@@ -8,8 +8,12 @@
 ``robust compare`` (or a notebook) can recompute any curve.
 
 JSON has no infinity: a per-sample distance is a number (adversarial, or 0 for a misclassified
-clean image), the string ``"inf"`` (attack failed) or ``null`` (not attacked: cut by the time
-budget, or a repeat that did not reach the sample); the parallel ``status`` list says which.
+clean image), the string ``"inf"`` (attack failed) or ``null`` (not attacked under the protocol:
+``cut`` by the time budget, ``partial`` when attacked in fewer repeats than asked, or a repeat
+that did not reach the sample); the parallel ``status`` list says which. Each outcome also
+counts what was cut (``cut``: ``samples``, ``not_attacked``, ``partial``, ``by_repeat``). In the
+``summary`` rows a missing metric (nothing attacked) is ``null`` and an infinite median L2
+(most images resisted) is ``"inf"``.
 """
 
 from __future__ import annotations
@@ -78,6 +82,12 @@ def outcome_record(o: AttackOutcome) -> dict[str, Any]:
         "model_grad_images": o.model_grad_images,
         "params": o.params,
         "notes": o.notes,
+        "cut": {
+            "samples": o.n_cut,
+            "not_attacked": o.n_cut - o.n_partial,
+            "partial": o.n_partial,
+            "by_repeat": o.cut_by_repeat,
+        },
         "l2": _encode(o.distances),
         "status": [str(s) for s in o.status],
         "best_repeat": [int(v) for v in o.best_repeat],
@@ -89,6 +99,14 @@ def outcome_record(o: AttackOutcome) -> dict[str, Any]:
 
 def _encode(values: np.ndarray) -> list[float | str | None]:
     return [None if math.isnan(v) else ("inf" if math.isinf(v) else float(v)) for v in values]
+
+
+def _summary_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A summary row with ``"inf"`` for an infinite value (strict JSON would make it null,
+    which means missing)."""
+    return {
+        k: "inf" if isinstance(v, float) and math.isinf(v) and v > 0 else v for k, v in row.items()
+    }
 
 
 def _decode(values: Sequence[float | str | None]) -> np.ndarray:
@@ -161,7 +179,7 @@ def attack_document(
         },
         "config": dict(config),
         "epsilons": [float(e) for e in epsilons],
-        "summary": summary.to_dict(orient="records"),
+        "summary": [_summary_record(r) for r in summary.to_dict(orient="records")],
         "branch_transfer": dict(branch_transfer or {}),
         "outcomes": [outcome_record(o) for o in outcomes],
     }

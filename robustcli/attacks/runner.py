@@ -8,7 +8,11 @@ only verified misclassifications count, the others are failures (infinite distan
 
 Per-sample status: ``misclassified`` (clean image already wrong: distance 0, not attacked),
 ``adversarial`` (finite distance), ``failed`` (attacked, never fooled: infinity), ``cut`` (never
-attacked because the time budget ran out: NaN, left out of every metric).
+attacked because the time budget ran out) and ``partial`` (attacked in fewer repeats than asked
+before the budget ran out). ``cut`` and ``partial`` samples have distance NaN and are left out
+of the attack metrics: their outcome under the protocol is unknown (the repeats that did run
+stay in ``repeat_distances``). Batches are attacked one after the other with all their repeats,
+so a cut leaves at most one batch ``partial``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ from robustcli.attacks.target import (
     frozen_parameters,
 )
 
-STATUSES = ("misclassified", "adversarial", "failed", "cut")
+STATUSES = ("misclassified", "adversarial", "failed", "cut", "partial")
+#: statuses of samples whose protocol outcome is unknown (left out of the attack metrics)
+LEFT_OUT = ("cut", "partial")
 
 # progress(event, attack_key, n): event "start" (n = total samples x repeats), "advance", "end"
 ProgressHook = Callable[[str, str, int], None]
@@ -45,7 +51,7 @@ ProgressHook = Callable[[str, str, int], None]
 class AttackOutcome:
     """Per-sample result of one attack on one model (and branch).
 
-    ``distances``: the kept L2 per sample (0 misclassified, inf failed, NaN cut);
+    ``distances``: the kept L2 per sample (0 misclassified, inf failed, NaN cut or partial);
     ``repeat_distances``: the same per repeat (rows = repeats run; NaN where a repeat did not
     reach the sample); ``best_repeat``: the repeat whose adversarial was kept (-1 if none);
     ``adversarials``: the kept images (the clean image where none), or None;
@@ -53,7 +59,8 @@ class AttackOutcome:
     ``model_grad_images`` of them with an input gradient;
     ``seconds``: wall time, ``finished_seconds``: up to the last batch that finished.
     For a ``worst_case`` outcome, ``best_repeat`` is the index (in ``params["of"]``) of the
-    attack that gave the kept distance.
+    attack that gave the kept distance, and ``params["left_out"]`` lists the attacks left out
+    because they were cut (``params["partial"]`` is then true).
     """
 
     model: str
@@ -86,12 +93,38 @@ class AttackOutcome:
 
     @property
     def evaluated(self) -> np.ndarray:
-        """Samples that count in metrics (all but ``cut``)."""
-        return self.status != "cut"
+        """Samples whose outcome is known (all but ``cut`` and ``partial``)."""
+        return ~np.isin(self.status, LEFT_OUT)
+
+    @property
+    def attacked(self) -> np.ndarray:
+        """Correctly classified samples attacked in every repeat (the attack metrics' base)."""
+        return np.isin(self.status, ("adversarial", "failed"))
+
+    @property
+    def n_attacked(self) -> int:
+        return int(self.attacked.sum())
 
     @property
     def n_cut(self) -> int:
-        return int((self.status == "cut").sum())
+        """Samples left out of the metrics: never attacked, or in fewer repeats than asked."""
+        return int(np.isin(self.status, LEFT_OUT).sum())
+
+    @property
+    def n_partial(self) -> int:
+        """Samples attacked in fewer repeats than asked (counted in ``n_cut``)."""
+        return int((self.status == "partial").sum())
+
+    @property
+    def fully_cut(self) -> bool:
+        """Correctly classified samples exist but none was attacked: no attack metric exists."""
+        return bool(self.clean_correct.any()) and self.n_attacked == 0
+
+    @property
+    def cut_by_repeat(self) -> list[int]:
+        """Per repeat: correctly classified samples that repeat did not reach."""
+        rd = self.repeat_distances[:, self.clean_correct]
+        return [int(v) for v in np.isnan(rd).sum(axis=1)]
 
     @property
     def attacked_images(self) -> int:
@@ -139,9 +172,10 @@ def run_attack(
         repeats: runs of a stochastic attack; each sample keeps its smallest verified L2.
         batch_size: images per attack call (the device executes whole batches).
         seed: base seed; repeat ``r`` of batch ``b`` is seeded from (seed, attack, r, b).
-        max_seconds: time budget of this attack. Repeat 1 covers all samples before repeat 2
-            starts; when the budget runs out (checked at every model call) the running batch is
-            dropped and what was not attacked is reported (status ``cut``, ``notes``).
+        max_seconds: time budget of this attack. Batches run one after the other, each with
+            all its repeats; when the budget runs out (checked at every model call) the running
+            repeat of the batch is dropped and what was not attacked is reported (status
+            ``cut``, or ``partial`` for samples attacked in fewer repeats; ``notes``).
         progress: optional hook, see ``ProgressHook``.
         keep_adversarials: keep the kept adversarial images (``outcome.adversarials``, CPU).
     """
@@ -156,6 +190,8 @@ def run_attack(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
+        raise ValueError(f"max_seconds must be a positive number, got {max_seconds}")
     check_images(x, y)
     device = target.device
     x = x.to(device=device, dtype=torch.float32)
@@ -186,10 +222,12 @@ def run_attack(
     done_images, done_grad, done_seconds = 0, 0, 0.0
     with warnings.catch_warnings(record=True) as caught, frozen_parameters(target.model):
         warnings.simplefilter("always")
-        for r in range(runs):
-            for b, rows in enumerate(_batches(todo, batch_size)):
-                idx = torch.from_numpy(rows).to(device)
-                xb, yb = x[idx], y[idx]
+        # batch-major: a cut leaves whole batches unattacked rather than every sample with
+        # fewer repeats (a sample short of repeats is left out of the metrics, see ``partial``)
+        for b, rows in enumerate(_batches(todo, batch_size)):
+            idx = torch.from_numpy(rows).to(device)
+            xb, yb = x[idx], y[idx]
+            for r in range(runs):
                 _seed(seed, attack_name, r, b)
                 try:
                     x_adv = method.run(BatchContext(target, xb, budget), xb, yb)
@@ -218,21 +256,29 @@ def run_attack(
     reached = ~np.isnan(repeat_distances)
     distances[todo] = best.numpy()[todo]
     never = correct & ~reached.any(axis=0)
-    distances[never] = math.nan
+    fewer = correct & reached.any(axis=0) & ~reached.all(axis=0)
+    distances[never | fewer] = math.nan
+    best_repeat[never | fewer] = -1
     status = np.where(
         ~correct,
         "misclassified",
-        np.where(never, "cut", np.where(np.isfinite(distances), "adversarial", "failed")),
+        np.where(
+            never,
+            "cut",
+            np.where(fewer, "partial", np.where(np.isfinite(distances), "adversarial", "failed")),
+        ),
     )
     if cut_at is not None:
         r, b = cut_at
-        fewer = int((correct & reached.any(axis=0) & ~reached.all(axis=0)).sum())
+        n_batches = len(_batches(todo, batch_size))
         msg = (
-            f"time budget {max_seconds:g} s reached in repeat {r + 1}/{runs}, batch {b + 1}: "
-            f"{int(never.sum())} of {len(todo)} samples not attacked (left out of the metrics)"
+            f"{target.label} / {attack_name}: time budget {max_seconds:g} s reached in batch "
+            f"{b + 1}/{n_batches}, repeat "
+            f"{r + 1}/{runs}: {int(never.sum())} of {len(todo)} samples not attacked"
         )
-        if fewer:
-            msg += f", {fewer} attacked in fewer than {runs} repeats"
+        if fewer.any():
+            msg += f", {int(fewer.sum())} attacked in fewer than {runs} repeats"
+        msg += " (left out of the metrics)"
         notes.append(msg)
     for w in caught:
         text = f"{w.category.__name__}: {w.message}"
@@ -240,8 +286,9 @@ def run_attack(
             notes.append(text)
     if progress:
         progress("end", key, 0)
-    if adversarials is not None and never.any():
-        adversarials[torch.from_numpy(never)] = x[torch.from_numpy(never).to(device)].cpu()
+    if adversarials is not None and (never | fewer).any():
+        gone = torch.from_numpy(never | fewer)
+        adversarials[gone] = x[gone.to(device)].cpu()
 
     return AttackOutcome(
         model=target.name,
@@ -280,9 +327,41 @@ def run_attacks(
     return [run_attack(target, a, x, y, params=params.get(a), **kwargs) for a in attacks]
 
 
-def worst_case(outcomes: Sequence[AttackOutcome], name: str = "worst-case") -> AttackOutcome:
+def complete_attacks(groups: Sequence[Sequence[AttackOutcome]]) -> list[str]:
+    """The attacks that left no sample out (nothing ``cut`` or ``partial``) in every group (a
+    group: the outcomes of one model and branch), in the order of the first group. A worst case
+    compared across models is built from these, so that every model's worst case combines the
+    same attacks on the same images."""
+    if not groups:
+        return []
+    names = [o.attack for o in groups[0]]
+    complete = []
+    for name in names:
+        ok = True
+        for g in groups:
+            mine = [o for o in g if o.attack == name]
+            ok = ok and bool(mine) and all(o.n_cut == 0 for o in mine)
+        if ok:
+            complete.append(name)
+    return complete
+
+
+def worst_case(
+    outcomes: Sequence[AttackOutcome],
+    name: str = "worst-case",
+    *,
+    include: Sequence[str] | None = None,
+    reasons: Mapping[str, str] | None = None,
+) -> AttackOutcome:
     """Several attacks on the same model, branch and samples combined per sample: the smallest
-    distance any of them found (a sample cut by every attack stays cut)."""
+    distance any of them found.
+
+    Only complete attacks are combined: those named in ``include`` (default: the outcomes that
+    left no sample out). A partly cut attack would make the per-sample minimum run over
+    different attacks for different samples, so it is left out whole: the result is then marked
+    partial (``params["partial"]``, ``params["left_out"]``, a note; ``reasons`` may say why per
+    attack). With no complete attack at all, every correctly classified sample is ``cut``.
+    """
     if not outcomes:
         raise ValueError("worst_case needs at least one outcome")
     first = outcomes[0]
@@ -291,23 +370,50 @@ def worst_case(outcomes: Sequence[AttackOutcome], name: str = "worst-case") -> A
             o.labels, first.labels
         ):
             raise ValueError("worst_case combines outcomes of one model, branch and sample set")
-    d = np.stack([o.distances for o in outcomes])
-    all_cut = np.isnan(d).all(axis=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        best = np.where(all_cut, math.nan, np.nanmin(np.where(np.isnan(d), math.inf, d), axis=0))
-    which = np.where(all_cut, -1, np.argmin(np.where(np.isnan(d), math.inf, d), axis=0))
-    # which attack gave the kept distance, per sample (-1: none); stored as best_repeat
+    if include is None:
+        used = [o for o in outcomes if o.n_cut == 0]
+    else:
+        wanted = set(include)
+        used = [o for o in outcomes if o.attack in wanted and o.n_cut == 0]
+    used_ids = {id(o) for o in used}
+    left_out = [o.attack for o in outcomes if id(o) not in used_ids]
+    correct = first.clean_correct
+    n = first.n
+    if used:
+        d = np.stack([o.distances for o in used])
+        best = d.min(axis=0)
+        which = d.argmin(axis=0)
+    else:
+        best = np.where(correct, math.nan, 0.0)
+        which = np.full(n, -1)
     status = np.where(
-        ~first.clean_correct,
+        ~correct,
         "misclassified",
-        np.where(all_cut, "cut", np.where(np.isfinite(best), "adversarial", "failed")),
+        np.where(np.isnan(best), "cut", np.where(np.isfinite(best), "adversarial", "failed")),
     )
     adversarials = None
-    if all(o.adversarials is not None for o in outcomes):
-        stacked = torch.stack([o.adversarials for o in outcomes])  # type: ignore[misc]
+    if used and all(o.adversarials is not None for o in used):
+        stacked = torch.stack([o.adversarials for o in used])  # type: ignore[misc]
         pick = torch.from_numpy(np.maximum(which, 0))
-        adversarials = stacked[pick, torch.arange(first.n)]
+        adversarials = stacked[pick, torch.arange(n)]
+    elif not used and first.adversarials is not None:
+        # nothing combined: the branch transfer still gets an outcome to report as cut (it
+        # reads no image of a fully cut outcome) instead of silently dropping the row
+        adversarials = first.adversarials.clone()
+    notes: list[str] = []
+    if left_out:
+        why = reasons or {}
+        parts = [f"{a} ({why[a]})" if a in why else a for a in left_out]
+        if used:
+            notes.append(
+                f"{name} of {first.label} is partial: over {', '.join(o.attack for o in used)} "
+                f"only; left out (cut): {', '.join(parts)}"
+            )
+        else:
+            notes.append(
+                f"{name} of {first.label} not computed: every attack was cut ({', '.join(parts)})"
+            )
+    kept = np.isfinite(best) & correct
     return AttackOutcome(
         model=first.model,
         label=first.label,
@@ -319,16 +425,20 @@ def worst_case(outcomes: Sequence[AttackOutcome], name: str = "worst-case") -> A
         distances=best,
         status=status,
         repeat_distances=best[None, :],
-        best_repeat=np.where(np.isfinite(best) & first.clean_correct, which, -1),
+        best_repeat=np.where(kept, which, -1),
         repeats=1,
-        seconds=float(sum(o.seconds for o in outcomes)),
-        model_images=int(sum(o.model_images for o in outcomes)),
-        model_grad_images=int(sum(o.model_grad_images for o in outcomes)),
+        seconds=float(sum(o.seconds for o in used)),
+        model_images=int(sum(o.model_images for o in used)),
+        model_grad_images=int(sum(o.model_grad_images for o in used)),
         params={
-            "of": [o.attack for o in outcomes],
-            "source": [outcomes[i].attack if i >= 0 else None for i in which.tolist()],
+            "of": [o.attack for o in used],
+            "left_out": left_out,
+            "partial": bool(left_out),
+            "source": [
+                used[i].attack if k else None for i, k in zip(which.tolist(), kept, strict=True)
+            ],
         },
-        notes=[],
+        notes=notes,
         adversarials=adversarials,
     )
 
@@ -336,22 +446,38 @@ def worst_case(outcomes: Sequence[AttackOutcome], name: str = "worst-case") -> A
 @torch.no_grad()
 def branch_transfer(
     target: AttackTarget, outcome: AttackOutcome, x: torch.Tensor
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Paper B's Fig. 5 protocol: the adversarials found on the whole TD model, fed to one input
     (high, mid or low) while the other two get the clean image; accuracy (%) per branch, plus
-    ``clean`` and ``all`` (the adversarials on every input)."""
+    ``clean`` and ``all`` (the adversarials on every input).
+
+    As in the attack metrics, accuracy = clean accuracy (all images) x the share of the attacked
+    images still classified correctly, so samples cut by the time budget neither count as
+    errors nor inflate the misclassified share; ``attacked`` and ``cut`` give the counts. A fully
+    cut outcome has no branch accuracy (None)."""
     if not target.topdown or outcome.adversarials is None:
         return {}
-    x = x.to(target.device)
-    adv = outcome.adversarials.to(target.device)
-    keep = torch.from_numpy(outcome.evaluated).to(target.device)
-    y = torch.from_numpy(outcome.labels).to(target.device)[keep]
-    x, adv = x[keep], adv[keep]
-    out = {
-        "clean": 100.0 * (target.predict(x) == y).float().mean().item(),
-        "all": 100.0 * (target.predict(adv) == y).float().mean().item(),
+    attacked = torch.from_numpy(outcome.attacked)
+    y = torch.from_numpy(outcome.labels)
+    clean = 100.0 * float(outcome.clean_correct.mean()) if outcome.n else math.nan
+    out: dict[str, float | None] = {
+        "clean": clean,
+        "attacked": outcome.n_attacked,
+        "cut": outcome.n_cut,
     }
+    if outcome.fully_cut:
+        return out | {"all": None, "high": None, "mid": None, "low": None}
+    if not attacked.any():  # nothing correctly classified: nothing to keep
+        return out | {"all": 0.0, "high": 0.0, "mid": 0.0, "low": 0.0}
+    dev = target.device
+    xa = x[attacked].to(dev)
+    adv = outcome.adversarials[attacked].to(dev)
+    ya = y[attacked].to(dev)
+
+    def acc(pred: torch.Tensor) -> float:
+        return clean * (pred == ya).float().mean().item()
+
+    out["all"] = acc(target.predict(adv))
     for branch in ("high", "mid", "low"):
-        pred = target.with_branch(branch).predict(adv, clean=x)
-        out[branch] = 100.0 * (pred == y).float().mean().item()
+        out[branch] = acc(target.with_branch(branch).predict(adv, clean=xa))
     return out

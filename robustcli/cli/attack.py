@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 
 from robustcli.cli import app
-from robustcli.cli._common import console, err_console, guarded
+from robustcli.cli._common import console, err_console, guarded, in_range
 from robustcli.errors import RobustError
 
 DEFAULT_EXAMPLES = 1000
 
 if TYPE_CHECKING:
     from robustcli.attacks.experiment import AttackRun
+    from robustcli.attacks.runner import AttackOutcome
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -27,9 +30,25 @@ def _floats(text: str | None, what: str) -> list[float] | None:
         raise RobustError(
             f"bad {what} {text!r}: give comma-separated numbers, e.g. 0.1,0.5,1"
         ) from None
-    if any(v < 0 for v in values):
-        raise RobustError(f"{what} must be non-negative, got {text!r}")
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise RobustError(
+            f"bad {what} {text!r}: give positive finite L2 sizes ([0,1] pixels), e.g. 0.1,0.5,1"
+        )
     return sorted(set(values))
+
+
+def _finished_line(o: AttackOutcome) -> str:
+    """One line per finished attack run (shown when there are no progress bars)."""
+    from robustcli.attacks.metrics import median_l2
+
+    med = median_l2(o.distances, o.clean_correct)
+    med_text = "cut" if o.fully_cut else ("-" if math.isnan(med) else f"{med:.3g}")
+    cut = f", {o.n_cut} cut" if o.n_cut else ""
+    return (
+        f"done {o.label} / {o.attack}: {o.n_attacked} images attacked{cut} "
+        f"({int(o.clean_correct.sum())} correctly classified of {o.n}), {o.seconds:.1f} s, "
+        f"median L2 {med_text}"
+    )
 
 
 def _list_attacks() -> None:
@@ -101,11 +120,15 @@ def attack_command(
         None,
         "--n-examples",
         "-n",
+        callback=in_range("--n-examples", 1),
         help="Test images to attack, drawn at random (seeded) from the split. Default: 1000 "
         "(all 20 of the built-in Foolbox samples); paper B attacked whole test sets.",
     ),
     repeats: int = typer.Option(
-        3, "--repeats", help="Runs of each stochastic attack; each sample keeps its smallest L2."
+        3,
+        "--repeats",
+        callback=in_range("--repeats", 1, 1000),
+        help="Runs of each stochastic attack; each sample keeps its smallest L2.",
     ),
     branch: str = typer.Option(
         "all",
@@ -141,16 +164,33 @@ def attack_command(
     max_seconds: float | None = typer.Option(
         None,
         "--max-seconds",
+        callback=in_range("--max-seconds", 0, low_open=True),
         help="Time budget per attack run (model x branch x attack); what was cut is reported.",
     ),
-    batch_size: int = typer.Option(128, "--batch-size", "-b", help="Images per attack call."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the example draw and of the attacks."),
+    batch_size: int = typer.Option(
+        128,
+        "--batch-size",
+        "-b",
+        callback=in_range("--batch-size", 1),
+        help="Images per attack call.",
+    ),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        callback=in_range("--seed", 0, 2**63 - 1),
+        help="Seed of the example draw and of the attacks.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     untrained: bool = typer.Option(
         False, "--untrained", help="Allow attacking randomly initialised weights (smoke tests)."
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs in --out."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
+    progress: bool = typer.Option(
+        True,
+        "--progress/--no-progress",
+        help="Progress bars; without them (or when stderr is not a terminal) one line per "
+        "finished attack.",
+    ),
     list_: bool = typer.Option(False, "--list", help="List the attacks and exit."),
 ) -> None:
     """Attack a model with Foolbox (L2, [0,1] pixels) using paper B's protocol.
@@ -185,12 +225,19 @@ def attack_command(
 
     names = resolve_attacks(attacks)
     params = parse_param_overrides(param)
+    unused = [a for a in params if a not in names]
+    if unused:
+        raise RobustError(
+            f"--param for {', '.join(unused)}, which --attacks does not select "
+            f"({', '.join(names)}): add it to --attacks or drop the --param"
+        )
     eps = _floats(epsilons, "--epsilons")
     branches = [b.strip() for b in branch.split(",") if b.strip()] or ["all"]
+    # the library checks these too; here they fail before any model is loaded
     if repeats < 1:
         raise RobustError(f"--repeats must be at least 1, got {repeats}")
-    if max_seconds is not None and max_seconds <= 0:
-        raise RobustError(f"--max-seconds must be positive, got {max_seconds}")
+    if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
+        raise RobustError(f"--max-seconds must be a positive number, got {max_seconds}")
     if batch_size < 1:
         raise RobustError(f"--batch-size must be at least 1, got {batch_size}")
     dev = resolve_device(device)
@@ -221,14 +268,20 @@ def attack_command(
         first, dataset=dataset, data_dir=data_dir, n_examples=n_examples, seed=seed
     )
     if data.provenance.get("note"):
-        err_console.print(f"[yellow]note:[/] {data.provenance['note']}", highlight=False)
+        err_console.print(f"[yellow]note:[/] {escape(data.provenance['note'])}", highlight=False)
     err_console.print(
         f"attacking {', '.join(m.label for m in models)} on {data.provenance['n_examples']} "
         f"images ({data.provenance['source']}) with {', '.join(names)}; device {dev}",
         highlight=False,
     )
 
-    bars = _RichProgress(progress and err_console.is_terminal)
+    show_bars = progress and err_console.is_terminal
+
+    def finished(o: AttackOutcome) -> None:
+        if not show_bars:  # no bars: say something after each attack run, not nothing for hours
+            err_console.print(escape(_finished_line(o)), highlight=False, soft_wrap=True)
+
+    bars = _RichProgress(show_bars)
     with bars.progress:
         run = run_experiment(
             models,
@@ -244,8 +297,11 @@ def attack_command(
             device=dev,
             progress=bars,
             command=["robust", *sys.argv[1:]],
+            finished=finished,
         )
-    title = f"{data.provenance['source']} (n={data.provenance['n_examples']})"
+    n_used = data.provenance["n_examples"]
+    clamped = f", clamped from -n {n_examples}" if data.provenance.get("clamped") else ""
+    title = f"{data.provenance['source']} (n={n_used}{clamped})"
     paths = write_experiment(run, out, force=force, title=title)
     _render(run, title)
     for key in ("json", "summary_csv", "samples_csv", "figure_png", "figure_svg"):
@@ -253,31 +309,60 @@ def attack_command(
 
 
 def _render(run: AttackRun, title: str) -> None:
+    import pandas as pd
+
     from robustcli.attacks.metrics import eps_column
     from robustcli.render import to_rich_table
 
-    summary = run.summary
-    cols = ["model", "attack", "clean_acc", "median_l2"]
-    cols += [eps_column(e) for e in run.epsilons] + ["auc", "img_per_s"]
+    summary = run.summary.copy()
+    missing = pd.Series([o.fully_cut for o in run.outcomes], index=summary.index)
+    metric_cols = ["median_l2", *(eps_column(e) for e in run.epsilons), "auc"]
+    cols = ["model", "attack", "clean_acc", *metric_cols, "img_per_s"]
     names = {"clean_acc": "clean%", "median_l2": "med L2", "auc": "AUC%", "img_per_s": "img/s"}
     names |= {eps_column(e): f"@{e:g}" for e in run.epsilons}
-    if summary["cut"].any():
-        cols.append("cut")
-    table = summary[cols].rename(columns=names)
+    any_cut = bool(summary["cut"].any() or summary["left_out"].astype(bool).any())
+    if any_cut:
+        # cut: images left out of the metrics (not attacked, or in fewer repeats than asked)
+        cols += ["attacked", "cut", "cut_repeats"]
+        names |= {"cut_repeats": "cut by repeat"}
+    summary["attack"] = [
+        f"{a} (partial)" if left else a
+        for a, left in zip(summary["attack"], summary["left_out"].astype(bool), strict=True)
+    ]
+    table = summary[cols].copy()
+    for c in metric_cols:
+        table[c] = table[c].astype(object)
+        table.loc[missing, c] = "cut"
+    table = table.rename(columns=names)
     console.print(
         to_rich_table(table, title=f"robust attack: {title}", floatfmt=".3g"), soft_wrap=False
     )
     console.print(
-        f"clean%, @eps: accuracy (%) with L2 perturbations up to eps ([0,1] pixels); med L2: "
-        f"median minimal L2 of correctly classified images (inf: most not fooled); AUC%: mean "
-        f"accuracy loss over [0, {max(run.epsilons):g}]",
+        f"clean%: accuracy (%) of all images; @eps: accuracy (%) with L2 perturbations up to "
+        f"eps ([0,1] pixels); med L2: median minimal L2 of the attacked images (inf: most not "
+        f"fooled); AUC%: mean accuracy loss over [0, {max(run.epsilons):g}]"
+        + (
+            "; cut: images left out of the attack metrics by --max-seconds (they are computed "
+            "over the attacked ones); 'cut' in a cell: nothing attacked, no value; partial: a "
+            "worst case without the attacks that were cut"
+            if any_cut
+            else ""
+        ),
         style="dim",
         highlight=False,
     )
     if len(run.transfer):
+        transfer = run.transfer.copy()
+        branch_cols = [c for c in ("all", "high", "mid", "low") if c in transfer]
+        cut_rows = transfer[branch_cols].isna().all(axis=1) & (transfer.get("attacked", 1) == 0)
+        for c in branch_cols:
+            transfer[c] = transfer[c].astype(object)
+            transfer.loc[cut_rows, c] = "cut"
+        if "cut" in transfer and not transfer["cut"].any():
+            transfer = transfer.drop(columns=["attacked", "cut"])
         console.print(
             to_rich_table(
-                run.transfer,
+                transfer,
                 title="branch transfer (paper B Fig. 5): accuracy % with the adversarials fed "
                 "to one input",
                 floatfmt=".1f",
@@ -286,4 +371,4 @@ def _render(run: AttackRun, title: str) -> None:
     notes = {n for o in run.outcomes for n in o.notes}
     notes |= set(run.document["config"].get("notes", []))
     for note in sorted(notes):
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
