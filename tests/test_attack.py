@@ -44,6 +44,8 @@ MEAN, STD = (0.3,), (0.37,)
 FAST = {
     "gaussian": {"ratio": 1.25, "refine": 1},
     "uniform": {"ratio": 1.25, "refine": 1},
+    "gaussian-fb2": {"levels": 60},
+    "uniform-fb2": {"levels": 60},
     "salt-pepper": {"steps": 60},
     "pointwise": {"init_steps": 60, "l2_binary_search": False},  # the search: test below
     "blur": {"steps": 60},

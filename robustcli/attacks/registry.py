@@ -3,8 +3,9 @@ minimal L2 distance is obtained.
 
 ``list_attacks(group)``, ``get_attack_spec(name)``, ``build_attack(name, **params)`` and
 ``resolve_attacks("paper-b,pgd")`` are the public surface; ``register_attack`` adds one.
-Groups: ``paper-b`` (the attacks of paper B's Fig. 6), ``gradient`` (DDN, DeepFool, C&W, FMN,
-PGD), ``all``.
+Groups: ``paper-b`` (the attacks of paper B's Fig. 6), ``noise-fb2`` (paper B's additive-noise
+attacks with Foolbox 2's search, ``robustcli.attacks.fb2noise``), ``gradient`` (DDN, DeepFool,
+C&W, FMN, PGD), ``all``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from robustcli.attacks.methods import (
 )
 from robustcli.errors import RobustError
 
-GROUPS = ("paper-b", "gradient", "all")
+GROUPS = ("paper-b", "noise-fb2", "gradient", "all")
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def register_attack(spec: AttackSpec) -> AttackSpec:
 
 
 def list_attacks(group: str = "all") -> list[str]:
-    """Names of the attacks of ``group`` (``paper-b``, ``gradient`` or ``all``), in table order."""
+    """Names of the attacks of ``group`` (one of ``GROUPS``), in table order."""
     if group not in GROUPS:
         raise RobustError(f"unknown attack group {group!r}: use one of {', '.join(GROUPS)}")
     return [n for n, s in ATTACKS.items() if group == "all" or s.group == group]
@@ -430,3 +431,32 @@ register_attack(
         {"steps": 50, "rel_stepsize": 0.025, "start": 1 / 32, "ratio": 2.0, "refine": 3},
     )
 )
+
+
+def _foolbox2_noise(noise: str) -> Callable[..., AttackMethod]:
+    from robustcli.attacks.fb2noise import Foolbox2AdditiveNoise
+
+    return lambda levels: Foolbox2AdditiveNoise(noise, levels=levels)
+
+
+_FB2_HOW = (
+    "Foolbox 2's {what} as paper B ran it (foolbox 2.2.1): linear search over `levels` levels "
+    "eps = 1/levels .. 1, a fresh noise image per level with per-pixel scale eps multiplied by "
+    "eps again (scale eps**2), clipped to [0,1]; the L2 of the first fooling image"
+)
+for _noise, _what in (
+    ("gaussian", "AdditiveGaussianNoiseAttack"),
+    ("uniform", "AdditiveUniformNoiseAttack"),
+):
+    register_attack(
+        AttackSpec(
+            f"{_noise}-fb2",
+            f"Additive {_noise} noise (Foolbox 2)",
+            "noise-fb2",
+            "noise",
+            True,
+            _FB2_HOW.format(what=_what),
+            _foolbox2_noise(_noise),
+            {"levels": 1000},
+        )
+    )

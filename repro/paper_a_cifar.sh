@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Paper A (Ranabhat et al. 2025), Table 1 on ResNet-20: plain, PP ReLU, PP + GELU, PP attn,
+# PP attn + GELU, MSPP; one recipe for all (ours: `fast`), several seeds, each evaluated on the
+# 19 generated CIFAR-10-C corruptions x 5 severities. Usage:
+#   repro/paper_a_cifar.sh CIFAR_TREE OUT EPOCHS "SEEDS" N_EVAL ["MODELS"]
+#   repro/paper_a_cifar.sh /data/cifar10-jpeg runs/repro-a 10 "0 1 2" 10000
+# CIFAR_TREE: the extracted CIFAR-10 (JPEG mirror) ImageFolder tree (train/<class>, test/<class>).
+set -euo pipefail
+data=${1:?CIFAR_TREE}
+out=${2:-runs/repro-a}
+epochs=${3:-10}
+seeds=${4:-0 1 2}
+n=${5:-10000}
+models=${6:-resnet20 pp-resnet20 pp-gelu-resnet20 ppattn-resnet20 ppattn-gelu-resnet20 mspp-resnet20}
+robust=${ROBUST:-robust}
+files=()
+for seed in $seeds; do
+  for model in $models; do
+    run="$out/$model-e$epochs-s$seed"
+    if [ ! -f "$run/model.safetensors" ]; then
+      resume=""; [ -f "$run/last.safetensors" ] && resume="--resume"
+      $robust train -m "$model" -d cifar10 --data-dir "$data" -r fast -e "$epochs" --seed "$seed" \
+        -o "$run" $resume --progress plain
+    fi
+    res="$out/evalc-$model-e$epochs-n$n-s$seed.json"
+    files+=("$res")
+    [ -f "$res" ] || $robust eval-c "$run" --generate -c all -s 1-5 -n "$n" --data-dir "$data" \
+      --data-label "CIFAR-10 (JPEG mirror)" --seed 0 -o "$res" --no-progress
+  done
+done
+python "$(dirname "$0")/summarize_paper_a.py" "${files[@]}" --out "$out/summary-e$epochs-n$n"

@@ -1,0 +1,111 @@
+"""Paper A, Table 1 over seeds: clean, noise, blur, mean over 19 corruptions, per corruption.
+
+Each FILE is an eval-c JSON named ``evalc-<model>-...-s<seed>.json`` (as repro/paper_a_cifar.sh
+writes them). Reports mean +- std over seeds per model, and paired differences (same seed)
+against ``resnet20`` (plain) and ``pp-resnet20`` (PP ReLU) with a 95 % t-interval over seeds;
+an interval that contains 0 means the difference is not distinguishable from seed noise.
+Writes ``OUT.md`` and a per-corruption bar chart ``OUT.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+METRICS = ("clean_acc", "noise", "blur", "mean_all_19")
+BASELINES = ("resnet20", "pp-resnet20")
+
+
+def load(files: list[Path]) -> dict[str, dict[int, dict]]:
+    runs: dict[str, dict[int, dict]] = {}
+    for f in files:
+        m = re.match(r"evalc-(.+?)-e\d+-n\d+-s(\d+)\.json$", f.name)
+        if not m:
+            raise SystemExit(f"{f}: expected evalc-<model>-e<E>-n<N>-s<seed>.json")
+        doc = json.loads(f.read_text())
+        doc = doc.get("payload", doc)
+        row = {
+            "clean_acc": doc["clean_acc"],
+            "mean_all_19": doc["mean_all_19"],
+            **{g: v for g, v in (doc.get("groups") or {}).items()},
+            **{f"c:{c}": v for c, v in doc["per_corruption"].items()},
+        }
+        runs.setdefault(m.group(1), {})[int(m.group(2))] = row
+    return runs
+
+
+def mean_ci(v: list[float]) -> tuple[float, float, float]:
+    a = np.asarray(v, dtype=np.float64)
+    if len(a) < 2:
+        return float(a.mean()) if len(a) else math.nan, math.nan, math.nan
+    h = stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a))
+    return float(a.mean()), float(a.std(ddof=1)), float(h)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("paper_a_summary"))
+    args = ap.parse_args()
+    runs = load(args.files)
+    lines = ["| model | seeds | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
+    for model, seeds in runs.items():
+        cells = []
+        for k in METRICS:
+            m, s, _ = mean_ci([r[k] for r in seeds.values() if r.get(k) is not None])
+            cells.append(f"{m:.2f} +- {s:.2f}")
+        lines.append(f"| {model} | {len(seeds)} | " + " | ".join(cells) + " |")
+    for base in BASELINES:
+        if base not in runs:
+            continue
+        lines += ["", f"Paired difference vs {base} (same seed), mean [95 % CI]:", ""]
+        lines += ["| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+        for model, seeds in runs.items():
+            if model == base:
+                continue
+            common = sorted(set(seeds) & set(runs[base]))
+            cells = []
+            for k in METRICS:
+                d = [seeds[s][k] - runs[base][s][k] for s in common]
+                m, _, h = mean_ci(d)
+                tag = "" if not math.isfinite(h) else (" *" if abs(m) > h else "")
+                cells.append(f"{m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]{tag}")
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("\n`*`: the 95 % interval excludes 0.")
+    md = "\n".join(lines) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(md)
+    print(md)
+    _bars(runs, args.out.with_suffix(".png"))
+
+
+def _bars(runs: dict[str, dict[int, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for seeds in runs.values() for r in seeds.values()]
+    corr = sorted({k[2:] for r in rows for k in r if k.startswith("c:")})
+    fig, ax = plt.subplots(figsize=(14, 4))
+    width = 0.8 / max(1, len(runs))
+    for i, (model, seeds) in enumerate(runs.items()):
+        vals = np.array([[r[f"c:{c}"] for c in corr] for r in seeds.values()])
+        err = vals.std(axis=0, ddof=1) if len(vals) > 1 else None
+        ax.bar(np.arange(len(corr)) + i * width, vals.mean(axis=0), width, yerr=err, label=model)
+    ax.set_xticks(np.arange(len(corr)) + 0.4 - width / 2, corr, rotation=45, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=8, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"figure: {path}")
+
+
+if __name__ == "__main__":
+    main()

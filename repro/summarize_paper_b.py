@@ -1,0 +1,166 @@
+"""Paper B, Exp. 2 over seeds: TD vs BU per attack, mean +- std and paired differences.
+
+Each ATTACK_DIR is the output of one ``robust attack -c TD --vs BU`` (one seed: both models of
+that seed, the same images). Per attack and seed it takes the median minimal L2 of each model
+(over the images it classifies correctly; failures at infinity) and the mean accuracy loss over
+[0, E] (``auc``, lower = more robust), then reports mean +- std over seeds and the paired
+difference TD - BU with a 95 % t-interval over seeds. Writes a Markdown table and a figure of
+the accuracy-loss curves (mean over seeds, TD green, BU red, as paper B's Fig. 6).
+
+    python repro/summarize_paper_b.py runs/repro-b/attack-s0 runs/repro-b/attack-s1 \
+        --out docs/figures/paper_b_mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from robustcli.attacks.metrics import split_distances
+from robustcli.attacks.results import read_attack_result
+
+
+def median_l2(distances: np.ndarray, correct: np.ndarray) -> float:
+    _, _, d = split_distances(distances, correct)
+    return float(np.median(d)) if len(d) else math.nan
+
+
+def loss_curve(distances: np.ndarray, correct: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Accuracy loss (%) at each L2 of ``grid`` (paper B's y axis)."""
+    n, n_correct, d = split_distances(distances, correct)
+    if not len(d):
+        return np.full(len(grid), math.nan)
+    clean = 100.0 * n_correct / n
+    return clean * (d[None, :] <= grid[:, None]).mean(axis=1)
+
+
+def mean_ci(values: list[float]) -> tuple[float, float, float, float]:
+    """Mean, std (ddof 1), and the 95 % t-interval of the mean."""
+    v = np.asarray([x for x in values if math.isfinite(x)], dtype=np.float64)
+    if len(v) == 0:
+        return (math.nan,) * 4
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, math.nan, math.nan, math.nan
+    s = float(v.std(ddof=1))
+    h = float(stats.t.ppf(0.975, len(v) - 1) * s / math.sqrt(len(v)))
+    return m, s, m - h, m + h
+
+
+def collect(dirs: list[Path]) -> dict[str, dict[str, list]]:
+    """attack -> {"td": [outcome per seed], "bu": [...]} (paired by folder)."""
+    table: dict[str, dict[str, list]] = {}
+    for d in dirs:
+        _, outcomes = read_attack_result(d)
+        for o in outcomes:
+            if o.branch != "all":
+                continue
+            side = "td" if o.topdown else "bu"
+            table.setdefault(o.attack, {"td": [], "bu": []})[side].append(o)
+    return table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("paper_b_summary"))
+    ap.add_argument("--max-l2", type=float, default=5.0, help="x range of the curves")
+    args = ap.parse_args()
+    table = collect(args.dirs)
+    grid = np.linspace(0.0, args.max_l2, 201)
+    fmt = lambda v: "n/a" if not math.isfinite(v) else f"{v:.3f}"  # noqa: E731
+    lines = [
+        "| attack | seeds | TD clean % | BU clean % | TD median L2 | BU median L2 | "
+        "TD - BU median L2 [95 % CI] | TD auc % | BU auc % | TD - BU auc [95 % CI] | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    curves: dict[str, dict[str, np.ndarray]] = {}
+    for attack, sides in table.items():
+        pairs = list(zip(sides["td"], sides["bu"], strict=False))
+        if not pairs:
+            continue
+        cols: dict[str, list[float]] = {k: [] for k in ("tdc", "buc", "tdm", "bum", "dm")}
+        cols.update({"tda": [], "bua": [], "da": []})
+        curves[attack] = {"td": [], "bu": []}
+        for td, bu in pairs:
+            tdm = median_l2(td.distances, td.clean_correct)
+            bum = median_l2(bu.distances, bu.clean_correct)
+            tdl = loss_curve(td.distances, td.clean_correct, grid)
+            bul = loss_curve(bu.distances, bu.clean_correct, grid)
+            tda, bua = float(np.mean(tdl)), float(np.mean(bul))
+            cols["tdc"].append(100 * td.clean_correct.mean())
+            cols["buc"].append(100 * bu.clean_correct.mean())
+            cols["tdm"].append(tdm)
+            cols["bum"].append(bum)
+            cols["dm"].append(tdm - bum)
+            cols["tda"].append(tda)
+            cols["bua"].append(bua)
+            cols["da"].append(tda - bua)
+            curves[attack]["td"].append(tdl)
+            curves[attack]["bu"].append(bul)
+
+        def ms(key: str, cols: dict[str, list[float]] = cols) -> str:
+            m, s, _, _ = mean_ci(cols[key])
+            return f"{fmt(m)} +- {fmt(s)}"
+
+        def diff(key: str, cols: dict[str, list[float]] = cols) -> tuple[str, float, float]:
+            m, _, lo, hi = mean_ci(cols[key])
+            return f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]", lo, hi
+
+        dm, lo, hi = diff("dm")
+        da, alo, ahi = diff("da")
+        if not (math.isfinite(lo) and math.isfinite(alo)):
+            verdict = "inconclusive (too few seeds)"
+        elif lo > 0 and ahi < 0:
+            verdict = "TD more robust"
+        elif hi < 0 and alo > 0:
+            verdict = "BU more robust"
+        else:
+            verdict = "no significant difference" if lo <= 0 <= hi else "mixed"
+        lines.append(
+            f"| {attack} | {len(pairs)} | {ms('tdc')} | {ms('buc')} | {ms('tdm')} | {ms('bum')} "
+            f"| {dm} | {ms('tda')} | {ms('bua')} | {da} | {verdict} |"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    md = "\n".join(lines) + "\n"
+    args.out.with_suffix(".md").write_text(md)
+    print(md)
+    _figure(curves, grid, args.out.with_suffix(".png"))
+
+
+def _figure(curves: dict[str, dict[str, list]], grid: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(curves)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, (attack, sides) in zip(axes.flat, curves.items(), strict=False):
+        for side, color in (("td", "tab:green"), ("bu", "tab:red")):
+            c = np.asarray(sides[side])
+            m = np.nanmean(c, axis=0)
+            ax.plot(grid, m, color=color, label=side.upper())
+            if len(c) > 1:
+                s = np.nanstd(c, axis=0, ddof=1)
+                ax.fill_between(grid, m - s, m + s, color=color, alpha=0.2, linewidth=0)
+        ax.set_title(attack, fontsize=9)
+        ax.set_xlabel("L2 distance", fontsize=8)
+        ax.set_ylabel("accuracy loss (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"figure: {path}")
+
+
+if __name__ == "__main__":
+    main()
