@@ -41,7 +41,14 @@ from torch import nn
 
 from robustcli.data import InputAdapter
 from robustcli.errors import CheckpointError, DataError, OutputExistsError, RobustError
-from robustcli.io import atomic_write_bytes, atomic_write_json, file_sha256, strict_json
+from robustcli.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_writable,
+    file_sha256,
+    locked_output,
+    strict_json,
+)
 
 SCHEMA = "robustcli-result"
 SCHEMA_VERSION = 1
@@ -688,6 +695,7 @@ class ExplainModel:
     sha256: str | None = None
     adapter: InputAdapter | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    integrity: str | None = None  # Checkpoint.integrity; None for untrained models
 
     @property
     def label(self) -> str:
@@ -705,6 +713,8 @@ class ExplainModel:
             "std": list(self.std),
             "arrangement": getattr(self.model, "arrangement", None),
             "input_adapter": self.adapter.to_dict() if self.adapter is not None else None,
+            "verified": self.integrity == "verified",
+            "integrity": self.integrity,
         }
 
 
@@ -735,6 +745,7 @@ def _checkpoint_model(path: Path) -> ExplainModel:
         sha256=file_sha256(source),
         adapter=ckpt.input if min(ckpt.input.target_shape[1:]) > 0 else None,
         meta=dict(ckpt.meta),
+        integrity=ckpt.integrity,
     )
 
 
@@ -761,6 +772,11 @@ def load_explain_model(
         raise RobustError(
             f"{ref} is a model name, not a checkpoint: pass a checkpoint from `robust train`, "
             f"or add --untrained to explain an untrained {ref} (random weights)"
+        )
+    if path.is_dir():  # exists, so "does not exist" would mislead
+        raise CheckpointError(
+            f"{ref} is a folder without model.safetensors, not a run folder: pass a run folder "
+            "or checkpoint from `robust train`"
         )
     raise CheckpointError(f"checkpoint {ref} does not exist: pass a file from `robust train`")
 
@@ -805,6 +821,7 @@ def check_out_dir(out: str | os.PathLike[str], force: bool) -> Path:
         raise OutputExistsError(f"{out} exists and is not a folder: choose another --out")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise OutputExistsError(f"{out} is not empty: choose another --out or pass --force")
+    check_writable(out)  # a read-only folder fails now, not after the heatmaps
     return out
 
 
@@ -904,6 +921,7 @@ def _image_records(
     return records
 
 
+@locked_output("out")  # another process writing the same folder is refused
 def run_explain(
     checkpoint: str | os.PathLike[str],
     *,

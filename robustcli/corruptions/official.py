@@ -10,6 +10,7 @@ read until an array is used, and no file is ever unpickled.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,15 +27,61 @@ _GET_IT = (
 )
 
 
+def _first_line(err: BaseException, limit: int = 120) -> str:
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:limit]
+
+
 def _load(path: Path) -> np.ndarray:
+    """Memory-map the ``.npy`` file ``path`` after checking its header against its size.
+
+    The header is parsed by hand (numpy's readers, no pickle): a damaged or hostile header
+    (bad magic, unparsable dict, object dtype, negative or huge shape, data shorter or longer
+    than the shape says) is one ``DataError`` naming the file, and nothing is allocated for
+    a shape the file cannot hold. A ``.npz`` or pickle is refused, never opened as such.
+    """
+    fix = "re-download or regenerate it"
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        fh = open(path, "rb")  # noqa: SIM115 (closed below, before mapping)
     except FileNotFoundError:
         raise DataError(f"{path} is missing: {_GET_IT}") from None
-    except (ValueError, OSError, EOFError) as err:
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
+    with fh:
+        try:
+            size = os.fstat(fh.fileno()).st_size
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            offset = fh.tell()
+        except Exception as err:  # noqa: BLE001 (any parser failure on an untrusted header)
+            raise DataError(
+                f"{path} is not a readable .npy file ({_first_line(err)}): {fix}"
+            ) from None
+    if dtype.hasobject:
         raise DataError(
-            f"{path} is not a readable .npy array ({err}): re-download or regenerate it"
-        ) from None
+            f"{path} is not a readable .npy array: it holds Python objects (never unpickled): {fix}"
+        )
+    if any(isinstance(d, bool) or d < 0 for d in shape):
+        raise DataError(f"{path} has an invalid shape {shape} in its header: {fix}")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if offset + nbytes != size:
+        what = "truncated" if offset + nbytes > size else "longer than its header says"
+        raise DataError(
+            f"{path} is {what} ({size - offset} data bytes for shape {shape} of {dtype}): {fix}"
+        )
+    if nbytes == 0:  # mmap cannot map nothing
+        return np.empty(shape, dtype=dtype)
+    try:
+        return np.memmap(
+            path, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=offset
+        )
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot map {path} ({_first_line(err)}): {fix}") from None
 
 
 @dataclass(frozen=True)
@@ -78,9 +125,9 @@ def _severities_of(root: Path) -> tuple[int, ...]:
         return SEVERITIES
     try:
         sevs = tuple(int(s) for s in json.loads(meta.read_text())["severities"])
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, RecursionError, OSError) as err:
         raise DataError(
-            f"{meta} is not valid ({err}): delete it or regenerate the folder"
+            f"{meta} is not valid ({_first_line(err)}): delete it or regenerate the folder"
         ) from None
     if not sevs or any(s not in SEVERITIES for s in sevs) or list(sevs) != sorted(set(sevs)):
         raise DataError(f"{meta} lists invalid severities {sevs}: regenerate the folder")
@@ -88,17 +135,21 @@ def _severities_of(root: Path) -> tuple[int, ...]:
 
 
 def load_official(
-    root: str | os.PathLike[str], corruptions: Iterable[str] | None = None
+    root: str | os.PathLike[str],
+    corruptions: Iterable[str] | None = None,
+    num_classes: int | None = None,
 ) -> CorruptedSet:
     """Open and check a CIFAR-10-C style folder (any number of test images).
 
     Args:
         root: the folder holding ``labels.npy`` and ``<corruption>.npy``.
         corruptions: names to load; None loads every one of the 19 present in the folder.
+        num_classes: when given, every label must be below it.
 
     Raises:
-        DataError: a missing folder or file, an unreadable file, a wrong dtype or shape, a
-            length not divisible by the number of severities, or labels that do not match.
+        DataError: a missing folder or file, an unreadable or malformed file, a wrong dtype or
+            shape, a length not divisible by the number of severities, negative labels (or
+            labels >= ``num_classes``), or labels that do not match.
     """
     root = Path(root)
     if not root.is_dir():
@@ -129,6 +180,16 @@ def load_official(
         )
     n = labels.shape[0] // s
     blocks = np.asarray(labels).reshape(s, n)
+    low, high = int(blocks.min()), int(blocks.max())
+    if low < 0:
+        raise DataError(
+            f"{root / 'labels.npy'} holds a negative label ({low}): re-download or regenerate it"
+        )
+    if num_classes is not None and high >= num_classes:
+        raise DataError(
+            f"{root / 'labels.npy'} holds label {high}, but there are {num_classes} classes "
+            f"(0..{num_classes - 1}): use the matching dataset's files or model"
+        )
     if not (blocks == blocks[0]).all():
         raise DataError(
             f"{root / 'labels.npy'} is not the test labels repeated {s} times: "
@@ -140,7 +201,7 @@ def load_official(
         arr = _load(path)
         if arr.dtype != np.uint8:
             raise DataError(f"{path} has dtype {arr.dtype}, expected uint8: re-download it")
-        if arr.ndim != 4 or arr.shape[-1] != 3:
+        if arr.ndim != 4 or arr.shape[-1] != 3 or 0 in arr.shape[1:3]:
             raise DataError(
                 f"{path} has shape {arr.shape}, expected (rows, H, W, 3) images: re-download it"
             )
