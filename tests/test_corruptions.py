@@ -45,6 +45,14 @@ RANDOM = [n for n in CORRUPTIONS if SPECS[n].draw is not None]
 # on a small fraction of values (float32 accumulation where the recipe used float32 with
 # another summation order, and OpenCV 5's warpAffine in the reference, see reference.py).
 NEAR = {"zoom_blur": 0.005, "elastic_transform": 0.005}
+# The set docs/results.md reports (17 of 19); test_matches_recipe checks each of them on the
+# test images, the *_sensitive_cases tests below on draws where a float32 motion-blur sum or
+# OpenCV's equalizeHist rounding decides a value.
+BIT_IDENTICAL = {
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
+    "motion_blur", "snow", "frost", "fog", "brightness", "contrast", "pixelate",
+    "jpeg_compression", "speckle_noise", "gaussian_blur", "spatter", "saturate",
+}  # fmt: skip
 
 
 def _cifar_images(n: int = 8) -> np.ndarray:
@@ -153,6 +161,85 @@ def test_matches_recipe(x, name):
             assert diff.max() <= 1 and (diff > 0).mean() <= NEAR[name], (severity, diff.max())
         else:
             assert diff.max() == 0, (severity, diff.max(), (diff > 0).mean())
+
+
+def test_bit_identical_set():
+    assert set(CORRUPTIONS) - set(NEAR) == BIT_IDENTICAL and len(BIT_IDENTICAL) == 17
+
+
+def _recipe_on(name: str, severity: int, seed: int, n: int, idx: list[int]):
+    """(ours, recipe) on images ``idx`` of a batch of ``n`` whose draws come from ``seed``:
+    cases found by searching draws where the former float32 motion blur or (1/x)*255 histogram
+    equalisation gave another value than the recipe."""
+    images = _cifar_images(20)
+    x = torch.from_numpy(images[[i % len(images) for i in idx]]).permute(0, 3, 1, 2)
+    draws = draw(name, (n, 3, 32, 32), severity, gen(seed))
+    draws = {k: v[idx] for k, v in draws.items()}
+    c = SPECS[name].param(severity)
+    ours = SPECS[name].apply(x.contiguous(), c, **draws).permute(0, 2, 3, 1).numpy()
+    ref = np.stack(
+        [
+            reference.corrupt_one(img, name, severity, {k: v[j].numpy() for k, v in draws.items()})
+            for j, img in enumerate(x.permute(0, 2, 3, 1).numpy())
+        ]
+    )
+    return ours, ref
+
+
+def test_motion_blur_sensitive_cases():
+    """Sums where float32 accumulation lands on the other side of a quantum boundary."""
+    for seed, (radius, sigma) in ((0, (6, 2)), (0, (8, 2)), (3, (12, 6))):
+        rng = np.random.default_rng(seed)
+        imgs = rng.integers(0, 256, (4, 32, 32), dtype=np.uint8)
+        angles = rng.uniform(-135, 45, 4)
+        ours = _ops.magick_round(
+            _ops.motion_blur(
+                torch.from_numpy(imgs[:, None]), radius, sigma, torch.from_numpy(angles)
+            )
+        )[:, 0].numpy()
+        ref = [
+            reference.magick_motion_blur(im, radius, sigma, a)
+            for im, a in zip(imgs, angles, strict=True)
+        ]
+        f32 = [
+            reference.magick_motion_blur(im, radius, sigma, a, np.float32)
+            for im, a in zip(imgs, angles, strict=True)
+        ]
+        assert np.array_equal(ours, np.stack(ref)), (radius, sigma)
+        assert not np.array_equal(np.stack(f32), np.stack(ref))  # the case does test float64
+    ours, ref = _recipe_on("snow", 5, 3005, 1000, [454, 747])
+    assert np.array_equal(ours, ref)
+
+
+def test_spatter_sensitive_cases():
+    for severity, seed, idx in ((1, 1, [651]), (2, 2002, [303, 737]), (1, 3001, [351, 859])):
+        ours, ref = _recipe_on("spatter", severity, seed, 1000, idx)
+        assert np.array_equal(ours, ref), (severity, seed)
+
+
+def test_equalize_hist_rounding():
+    """equalizeHist: ``sum * (255.f / n)`` in float32, ties to even (cvRound), as cv2 does."""
+    cv2 = pytest.importorskip("cv2")
+
+    def image(counts: dict[int, int]) -> np.ndarray:
+        return np.concatenate([np.full(c, v, np.uint8) for v, c in counts.items()]).reshape(32, 32)
+
+    cases = [
+        # n = 1024 - 174 = 850: 325 * (255.f / 850) = 97.50001 -> 98, but 325 * ((1.f / 850)
+        # * 255) = 97.49999 -> 97
+        {0: 174, 1: 325, 2: 525},
+        # n = 510, scale 0.5 exactly: exact ties 0.5, 1.5, 2.5, 3.5, 4.5 -> 0, 2, 2, 4, 4
+        {0: 514, 1: 1, 2: 2, 3: 2, 4: 2, 5: 2, 200: 501},
+    ]
+    assert np.float32(325) * (np.float32(1) / np.float32(850) * np.float32(255)) < 97.5
+    rng = np.random.default_rng(0)
+    randoms = [rng.integers(0, rng.integers(2, 30), (32, 32)).astype(np.uint8) for _ in range(300)]
+    imgs = np.stack([image(c) for c in cases] + randoms)
+    ours = _ops.cv_equalize_hist(torch.from_numpy(imgs)).numpy()
+    for i, a in enumerate(imgs):
+        assert np.array_equal(ours[i], cv2.equalizeHist(a)), i
+    assert ours[0][imgs[0] == 1][0] == 98
+    assert [ours[1][imgs[1] == v][0] for v in range(1, 6)] == [0, 2, 2, 4, 4]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -440,11 +527,37 @@ def test_motion_blur_matches_imagemagick(tmp_path):
         assert np.array_equal(ours, out.reshape(ours.shape)), (radius, sigma, angle)
 
 
-def test_opencv_replicas():
-    """The spatter chain's OpenCV calls. distanceTransform follows OpenCV <= 4 (the recipe's):
-    16-bit fixed-point chamfer weights, so 1.4 is 91750 / 65536; OpenCV 5 uses float weights."""
+def test_distance_transform_ipp():
+    """OpenCV's own chamfer has 16-bit fixed-point weights (diagonal 91750 / 65536); builds
+    with Intel IPP take IPP's branch, with float weights (1.4), in OpenCV 4 and 5 alike."""
     cv2 = pytest.importorskip("cv2")
-    opencv4 = int(cv2.__version__.split(".")[0]) < 5
+    src = np.full((8, 8), 255, np.uint8)
+    src[4, 4] = 0
+    ours = _ops.cv_distance_transform_l2_5(torch.from_numpy(src == 0)[None])[0].numpy()
+    assert ours[3, 3] == np.float32(91750 / 65536) and ours[3, 4] == 1
+    ipp = cv2.ipp.useIPP()
+    try:
+        cv2.ipp.setUseIPP(False)
+        assert np.array_equal(ours, np.minimum(cv2.distanceTransform(src, cv2.DIST_L2, 5), 20))
+        cv2.ipp.setUseIPP(True)
+        if cv2.ipp.useIPP():  # a build with IPP
+            assert cv2.distanceTransform(src, cv2.DIST_L2, 5)[3, 3] == np.float32(1.4)
+    finally:
+        cv2.ipp.setUseIPP(ipp)
+
+
+def test_opencv_replicas():
+    """The spatter chain's OpenCV calls (distanceTransform without IPP, see above)."""
+    cv2 = pytest.importorskip("cv2")
+    ipp = cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(False)
+    try:
+        _opencv_replicas(cv2)
+    finally:
+        cv2.ipp.setUseIPP(ipp)
+
+
+def _opencv_replicas(cv2) -> None:  # noqa: ANN001
     rng = np.random.default_rng(0)
     liquid = weather.SPATTER[2]
     z = torch.from_numpy(rng.standard_normal((12, 32, 32)))
@@ -460,7 +573,7 @@ def test_opencv_replicas():
         assert np.array_equal(edges[i].numpy(), ref_edges > 0), i
         ref_dist = np.minimum(cv2.distanceTransform(255 - ref_edges, cv2.DIST_L2, 5), 20)
         ours = dist[i].numpy()
-        assert np.array_equal(ours, ref_dist) if opencv4 else np.allclose(ours, ref_dist, atol=1e-4)
+        assert np.array_equal(ours, ref_dist), i
         b = cv2.blur(ours, (3, 3))
         assert np.array_equal(_ops.cv_box3(dist[i : i + 1])[0].numpy(), b), i
         b8 = b.astype(np.uint8)

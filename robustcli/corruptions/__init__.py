@@ -25,10 +25,12 @@ both the same random numbers. Deviations:
   the recipe, summed in another order) and elastic transform (float64 bilinear sampling):
   one grey level on under 0.5% of values.
 - Library versions: motion blur and the snow layer reproduce ImageMagick 6.9 (Q16) exactly,
-  including its 8-bit PNG output ``floor(round(257 v) / 257)``; warpAffine and
-  distanceTransform follow OpenCV <= 4 (1/32-pixel source coordinates, 16-bit fixed-point
-  chamfer weights), which the recipe ran on (OpenCV 5 differs by ~1e-5); map_coordinates'
-  'reflect' border follows SciPy >= 1.6.
+  including its 8-bit PNG output ``floor(round(257 v) / 257)`` (sums in float64);
+  warpAffine follows OpenCV <= 4 (1/32-pixel source coordinates; OpenCV 5 differs by ~1e-5);
+  distanceTransform follows OpenCV's own 16-bit fixed-point chamfer (diagonal 1.3999939),
+  not the IPP branch of builds with Intel IPP (float weights, 1.4; another water-spatter
+  mask value in 1 of 12,000 layers tested); map_coordinates' 'reflect' border follows SciPy
+  >= 1.6.
 - Glass blur keeps the recipe's NumPy behaviour: its tuple "swap" on views copies the
   neighbour pixel instead of swapping (a one-pass gather here).
 - JPEG uses torchvision's libjpeg-turbo codec when it imports (byte-identical to Pillow's

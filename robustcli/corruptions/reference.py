@@ -6,8 +6,11 @@ Pillow) with their current APIs (``channel_axis`` for ``multichannel``, ``float6
 ``np.float_``); ImageMagick's motion blur, which the recipe reached through Wand, is ported to
 NumPy (``magick_motion_blur``; the tests check it against ImageMagick when it is installed).
 Where OpenCV 5 changed a result the recipe got from OpenCV 3/4, the port says so: warpAffine
-is emulated with OpenCV 4's 1/32-pixel coordinates; distanceTransform is called as is (OpenCV 5
-gives 1.4 where OpenCV 4 gave 91750 / 65536, which moves a spatter value on ~1e-5 of pixels).
+is emulated with OpenCV 4's 1/32-pixel coordinates. distanceTransform is called with Intel IPP
+switched off: OpenCV's own 5x5 chamfer uses 16-bit fixed-point weights (diagonal 91750 / 65536 =
+1.3999939), its IPP branch (taken by builds with IPP, such as the x86-64 pip wheels, in OpenCV 4
+and 5 alike) float weights (1.4). Which one the recipe's OpenCV took depends on its build; the
+two gave another water-spatter mask value in 1 of 12,000 layers tested.
 Needs scikit-image and OpenCV (both come with imagecorruptions-imaug).
 
 Every function maps an (H, W, 3) uint8 image to (H, W, 3) uint8 (``np.uint8(...)`` of the
@@ -115,8 +118,14 @@ def defocus_blur(x: np.ndarray, severity: int = 1, draws: dict | None = None) ->
     return np.uint8(np.clip(channels.transpose((1, 2, 0)), 0, 1) * 255)
 
 
-def magick_motion_blur(x: np.ndarray, radius: float, sigma: float, angle: float) -> np.ndarray:
-    """ImageMagick's ``MotionBlurImage`` on uint8 (H, W) or (H, W, C), 8-bit result (PNG)."""
+def magick_motion_blur(
+    x: np.ndarray, radius: float, sigma: float, angle: float, dtype: type = np.float64
+) -> np.ndarray:
+    """ImageMagick's ``MotionBlurImage`` on uint8 (H, W) or (H, W, C), 8-bit result (PNG).
+
+    The taps are summed in ``dtype``: float64 (as ImageMagick) matches it on every value
+    tested; float32 (for the tests) rounds some sums to the other side of a quantum boundary.
+    """
     from robustcli.corruptions._ops import motion_blur_kernel, motion_blur_offsets
 
     kernel = motion_blur_kernel(radius, sigma)
@@ -124,11 +133,11 @@ def magick_motion_blur(x: np.ndarray, radius: float, sigma: float, angle: float)
     h, w = x.shape[:2]
     rows = np.arange(h)[:, None]
     cols = np.arange(w)[None, :]
-    out = np.zeros(x.shape, dtype=np.float64)
-    for i, k in enumerate(kernel):
+    out = np.zeros(x.shape, dtype=dtype)
+    for i, k in enumerate(kernel.astype(dtype)):
         src = x[np.clip(rows + oy[0, i], 0, h - 1), np.clip(cols + ox[0, i], 0, w - 1)]
-        out += k * src
-    q = np.clip(np.floor(257 * out + 0.5), 0, 65535)  # Q16 quantum
+        out += k * src.astype(dtype)
+    q = np.clip(np.floor(dtype(257) * out + dtype(0.5)), 0, 65535)  # Q16 quantum
     return np.uint8(np.floor(q / 257))  # 8-bit PNG as ImageMagick 6.9 writes it
 
 
@@ -319,7 +328,12 @@ def water_mask(liquid_u8: np.ndarray) -> np.ndarray:
     import cv2
 
     dist = 255 - cv2.Canny(liquid_u8, 50, 150)
-    dist = cv2.distanceTransform(dist, cv2.DIST_L2, 5)
+    ipp = cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(False)  # OpenCV's fixed-point chamfer, whatever the build (module docs)
+    try:
+        dist = cv2.distanceTransform(dist, cv2.DIST_L2, 5)
+    finally:
+        cv2.ipp.setUseIPP(ipp)
     _, dist = cv2.threshold(dist, 20, 20, cv2.THRESH_TRUNC)
     dist = cv2.blur(dist, (3, 3)).astype(np.uint8)
     dist = cv2.equalizeHist(dist)

@@ -60,7 +60,7 @@ def snow(x: Tensor, c: tuple, z: Tensor, angle: Tensor) -> Tensor:
         layer = _ops.zoom_separable(layer, zoom)
     layer = torch.where(layer < threshold, 0.0, layer)
     layer8 = layer.clamp_(0, 1).mul_(255).to(torch.uint8)  # .astype(np.uint8) of the PIL 'L' image
-    flakes = _ops.magick_round(_ops.motion_blur(layer8.unsqueeze(1).float(), radius, sigma, angle))
+    flakes = _ops.motion_blur(layer8.unsqueeze(1), radius, sigma, angle, quantize=True)
     out = torch.empty_like(x)
     for part in _ops.chunks(x.shape[0], x.device):
         snow = flakes[part].to(torch.float64).div_(255)  # cv2.imdecode(...) / 255.
