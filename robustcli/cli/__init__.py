@@ -41,6 +41,7 @@ def _register() -> None:
         eval_c,
         explain,
         models,
+        study,
         train,
     )
 
