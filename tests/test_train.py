@@ -158,6 +158,31 @@ def test_recipes_match_their_sources():
     assert set(RECIPES) == {"fast", "paper-a", "strisciuglio", "topdown"}
 
 
+@pytest.mark.parametrize(
+    ("milestones", "epochs", "expected"),
+    [
+        ((0.5, 0.8), 3, [1, 2]),  # was [2, 2]: a 100x drop in one step
+        ((0.5, 0.8), 4, [2, 3]),
+        ((0.5, 0.8), 12, [6, 10]),
+        ((0.5, 0.8), 30, [15, 24]),
+        ((0.1, 0.2), 3, [1, 2]),  # both round to the first epoch: spread out
+        ((80 / 120, 1.0), 3, [2, 3]),  # a drop at the very end stays there (never reached)
+        ((0.9, 0.95), 5, [3, 4]),  # both round to the last epoch: pulled inside the run
+    ],
+)
+def test_short_runs_keep_learning_rate_drops_distinct(milestones, epochs, expected):
+    got = milestone_epochs(milestones, epochs)
+    assert got == expected
+    inside = [m for m, f in zip(got, milestones, strict=True) if f < 1]
+    assert inside == sorted(set(inside)) and all(1 <= m < epochs for m in inside)
+
+
+def test_a_run_too_short_for_its_drops_is_refused():
+    with pytest.raises(RobustError, match="--epochs 2 is too short"):
+        milestone_epochs((0.5, 0.8), 2)
+    assert milestone_epochs((0.5,), 2) == [1]
+
+
 def test_schedules():
     hp = {"lr": 0.1, "schedule": "step", "gamma": 0.1, "milestone_epochs": [2, 3], "warmup": 0}
     lrs = [learning_rate(hp, s, 10, 4) for s in range(0, 40, 10)]
