@@ -31,16 +31,13 @@ from robustcli.cli import app
 from robustcli.corruptions import COMMON, CORRUPTIONS, generate_dataset, load_official
 from robustcli.errors import CheckpointError, DataError, OutputExistsError, RobustError
 from robustcli.evaluate import (
-    FoldedMultiScalePushPull,
     GeneratedSource,
     OfficialSource,
     Tally,
     corruption_errors,
     eval_c_document,
     evaluate_corruptions,
-    folded_pushpull,
     parse_severities,
-    prepare_for_inference,
     resolve_checkpoint,
     select_corruptions,
     summarize,
@@ -48,6 +45,7 @@ from robustcli.evaluate import (
     write_eval_c,
 )
 from robustcli.layers import fused
+from robustcli.layers.fold import FoldedMultiScalePushPull, folded_pushpull, prepare_for_inference
 from robustcli.layers.multiscale import MultiScalePushPull
 from robustcli.layers.pushpull import PushPullConv2d
 from robustcli.registry import create_model, get_dataset_spec, resolve_config
@@ -621,3 +619,17 @@ def test_cli_corrupt_then_eval_equals_generate(workspace, tmp_path, monkeypatch)
     assert code == 0, generated
     a, b = json.loads(files), json.loads(generated)
     assert a["counts"] == b["counts"] and a["n_examples"] == 10
+
+
+def test_package_keeps_the_old_import_paths():
+    """evaluate.py became a package and the folding moved to layers/fold.py: every public name
+    is still importable from robustcli.evaluate, and the folding is the same object there."""
+    import robustcli.evaluate as ev
+    import robustcli.layers as layers
+    from robustcli.layers import fold
+
+    for name in ev.__all__:
+        assert getattr(ev, name) is not None, name
+    assert ev.prepare_for_inference is fold.prepare_for_inference is layers.prepare_for_inference
+    assert ev.FoldedMultiScalePushPull is fold.FoldedMultiScalePushPull
+    assert {"run_eval_c", "write_eval_c", "select_corruptions", "load_clean"} <= set(ev.__all__)

@@ -1,0 +1,252 @@
+"""The batched evaluation loop: ``evaluate_corruptions(model, source, ...) -> Tally``.
+
+Work items from a source (and the clean images) are run through the inference form of the
+model (``robustcli.layers.fold.prepare_for_inference``) in batches under
+``torch.inference_mode``, with autocast at the chosen precision (``eval_precision``: bf16 on
+GPUs, fp32 on CPUs). In a ``torchrun`` job each rank takes every world-size-th item and the
+counts are all-reduced, so every rank returns the totals. On CPUs whole items run on
+single-threaded worker threads; elsewhere one thread runs them while the next one loads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustcli.corruptions import COMMON, SEVERITIES
+from robustcli.errors import RobustError
+from robustcli.evaluate.metrics import Tally
+from robustcli.evaluate.sources import GeneratedSource, OfficialSource, WorkItem, clean_items
+from robustcli.layers.fold import prepare_for_inference
+from robustcli.progress import progress_bar
+from robustcli.runtime import SINGLE, DistInfo, all_reduce_sum, autocast
+
+Batch = tuple[torch.Tensor, ...]
+
+
+def eval_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast on CUDA GPUs with bf16, fp32 elsewhere (CPU numbers stay exact)."""
+    from robustcli.runtime import resolve_precision
+
+    if precision == "auto":
+        return resolve_precision("auto", device) if device.type == "cuda" else "fp32"
+    return resolve_precision(precision, device)
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Images per forward pass: 1000 on GPUs; 100 per worker thread on CPUs, where larger
+    batches are no faster (their activations no longer fit in the caches)."""
+    return 1000 if device.type == "cuda" else 100
+
+
+class _Prefetch:
+    """Loads the next work item in a background thread while the current one runs."""
+
+    def __init__(self, items: Sequence[WorkItem]) -> None:
+        self.items = items
+        self.pool = ThreadPoolExecutor(max_workers=1) if len(items) > 1 else None
+
+    def __iter__(self) -> Iterator[tuple[WorkItem, tuple[torch.Tensor, ...]]]:
+        if self.pool is None:
+            for item in self.items:
+                yield item, item.load()
+            return
+        try:
+            pending = self.pool.submit(self.items[0].load)
+            for i, item in enumerate(self.items):
+                data = pending.result()
+                if i + 1 < len(self.items):
+                    pending = self.pool.submit(self.items[i + 1].load)
+                yield item, data
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _BatchCounter:
+    """Runs one work item through the network in batches of ``batch_size`` and adds its
+    correct / total counts per severity to the given count tensors (row ``item.row``; clean
+    images go to ``clean_row``). Images are uint8; normalisation is one fused multiply-add."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        device: torch.device,
+        batch_size: int,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        adapter: Callable[[torch.Tensor], torch.Tensor] | None,
+        channels_last: bool,
+        clean_row: int,
+    ) -> None:
+        self.net, self.device, self.batch_size = net, device, batch_size
+        self.adapter, self.clean_row = adapter, clean_row
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = (
+            -torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) / std_t
+        )
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, item: WorkItem, data: Batch, c: torch.Tensor, t: torch.Tensor) -> None:
+        images, labels, sev = data
+        row = item.row if item.row >= 0 else self.clean_row
+        dev, bs = self.device, self.batch_size
+        for lo in range(0, images.shape[0], bs):
+            x = images[lo : lo + bs].to(dev, non_blocking=True)
+            if self.adapter is not None:
+                x = self.adapter(x)
+            x = x.float().mul_(self.scale).add_(self.shift)
+            x = x.contiguous(memory_format=self.memory_format)
+            pred = self.net(x).argmax(1)
+            y = labels[lo : lo + bs].to(dev, non_blocking=True)
+            s = sev[lo : lo + bs].to(dev, non_blocking=True)
+            c[row].index_add_(0, s, (pred == y).long())
+            t[row].index_add_(0, s, torch.ones_like(s))
+
+
+def evaluate_corruptions(
+    model: nn.Module,
+    source: OfficialSource | GeneratedSource,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    corruptions: Sequence[str] = tuple(COMMON),
+    severities: Sequence[int] = SEVERITIES,
+    n_examples: int | None = None,
+    clean: tuple[torch.Tensor, torch.Tensor] | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    channels_last: bool | None = None,
+    fold: bool = True,
+    adapter: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    info: DistInfo = SINGLE,
+    progress: bool = False,
+    workers: int | None = None,
+) -> Tally:
+    """Count correct predictions of ``model`` (normalised input) per (corruption, severity).
+
+    ``clean``: uint8 images (N, C, H, W) and labels for clean accuracy, on the same first
+    ``n_examples``. ``adapter`` maps dataset images (uint8) to the model's input shape (a
+    checkpoint's ``input``). In a ``torchrun`` job (``info``) each rank evaluates every
+    world-size-th chunk and the counts are summed over ranks; every rank returns the totals.
+    """
+    dev = torch.device(device)
+    corruptions, severities = tuple(corruptions), tuple(severities)
+    bs = int(batch_size or default_batch_size(dev))
+    if bs < 1:
+        raise RobustError("--batch-size must be at least 1")
+    t0 = time.perf_counter()
+    net, report = prepare_for_inference(model, dev, channels_last=channels_last, fold=fold)
+    items = source.items(corruptions, severities, n_examples, bs)
+    if clean is not None:
+        items = clean_items(clean[0], clean[1], n_examples, bs) + items
+    mine = items[info.rank :: info.world_size]
+    rows = len(corruptions) + 1  # the last row holds the clean counts
+    correct = torch.zeros(rows, len(severities), dtype=torch.int64, device=dev)
+    total = torch.zeros_like(correct)
+    count = _BatchCounter(
+        net,
+        dev,
+        bs,
+        mean=mean,
+        std=std,
+        adapter=adapter,
+        channels_last=report["channels_last"],
+        clean_row=rows - 1,
+    )
+    n_workers = _workers(dev, workers, len(mine))
+    bar = _progress_bar(progress and info.is_main)
+    with bar:
+        task = bar.add_task("eval-c", total=sum(it.size for it in mine))
+        if n_workers == 1:
+            _count_serially(count, mine, (correct, total), dev, precision, (bar, task))
+        else:
+            _count_threaded(count, mine, (correct, total), dev, precision, (bar, task), n_workers)
+    counts = torch.stack([correct, total])
+    all_reduce_sum(counts, info)
+    counts_np = counts.cpu().numpy()
+    return Tally(
+        corruptions=corruptions,
+        severities=severities,
+        correct=counts_np[0, :-1].copy(),
+        total=counts_np[1, :-1].copy(),
+        clean_correct=int(counts_np[0, -1, 0]) if clean is not None else None,
+        clean_total=int(counts_np[1, -1, 0]) if clean is not None else None,
+        seconds=time.perf_counter() - t0,
+        images=int(counts_np[1].sum()),
+        report={**report, "batch_size": bs, "world_size": info.world_size},
+    )
+
+
+def _count_serially(
+    count: _BatchCounter,
+    items: Sequence[WorkItem],
+    counts: tuple[torch.Tensor, torch.Tensor],
+    device: torch.device,
+    precision: str,
+    progress: tuple[Any, Any],
+) -> None:
+    """One thread runs the items in order while the next one loads (GPUs, one-item jobs)."""
+    bar, task = progress
+    with torch.inference_mode(), autocast(device, precision):
+        for item, data in _Prefetch(items):
+            bar.update(task, description=item.label)
+            count(item, data, *counts)
+            bar.advance(task, item.size)
+
+
+def _count_threaded(
+    count: _BatchCounter,
+    items: Sequence[WorkItem],
+    counts: tuple[torch.Tensor, torch.Tensor],
+    device: torch.device,
+    precision: str,
+    progress: tuple[Any, Any],
+    n_workers: int,
+) -> None:
+    """CPU: whole items on single-threaded workers scale better than splitting each small
+    convolution over threads (no barrier per operation). Each item counts into its own
+    tensors, added to ``counts`` as it finishes."""
+    bar, task = progress
+    correct, total = counts
+
+    def work(item: WorkItem) -> tuple[WorkItem, torch.Tensor, torch.Tensor]:
+        c, t = torch.zeros_like(correct), torch.zeros_like(total)
+        with torch.inference_mode(), autocast(device, precision):
+            count(item, item.load(), c, t)
+        return item, c, t
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(max_workers=n_workers)
+    try:
+        for item, c, t in pool.map(work, items):
+            correct += c
+            total += t
+            bar.update(task, description=item.label, advance=item.size)
+    finally:  # on an error or Ctrl-C, drop the queued chunks instead of running them
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
+
+
+def _workers(device: torch.device, workers: int | None, n_items: int) -> int:
+    """Worker threads: on CPU one per torch thread (each single-threaded), else 1."""
+    if device.type != "cpu":
+        return 1
+    n = torch.get_num_threads() if workers is None else int(workers)
+    return max(1, min(n, n_items))
+
+
+def _progress_bar(enabled: bool) -> Any:
+    from rich.console import Console
+
+    return progress_bar(
+        "{task.description:<18}", console=Console(stderr=True), enabled=enabled, transient=True
+    )
