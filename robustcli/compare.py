@@ -336,14 +336,11 @@ def check_plot_path(path: str | os.PathLike[str], force: bool = False) -> tuple[
 
 
 def save_plot(fig: Any, path: str | os.PathLike[str], force: bool = False) -> Path:
-    """Save a figure atomically (format from the suffix: png, svg, pdf)."""
-    import matplotlib.pyplot as plt
+    """Save a figure atomically and close it (format from the suffix: png, svg, pdf)."""
+    from robustcli.plots import save_figure
 
-    p, fmt = check_plot_path(path, force)
-    with atomic_write(p, "wb") as fh:
-        fig.savefig(fh, format=fmt, dpi=150)
-    plt.close(fig)
-    return p
+    p, _ = check_plot_path(path, force)  # refuses a format matplotlib cannot write
+    return save_figure(fig, p, force=force)[0]
 
 
 def check_summary_path(path: str | os.PathLike[str]) -> Path:

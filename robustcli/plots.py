@@ -1,5 +1,6 @@
 """Figures: matplotlib ``Figure`` objects built without pyplot (no display, no global backend
-change, safe in notebooks); PNG and SVG written atomically.
+change, safe in notebooks); ``save_figure`` is the one figure saver every command uses (atomic,
+reproducible bytes, closes the figure).
 
 Attack figure (``plot_attack_curves`` / ``save_attack_figure``): paper B's Fig. 6, one panel per
 attack, accuracy loss (%) against L2 distance in [0, 1] pixel units, one curve per model (and
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,15 +111,60 @@ def plot_attack_curves(
 def save_attack_figure(
     fig: Figure, stem: str | os.PathLike[str], *, force: bool = False, dpi: int = 150
 ) -> dict[str, Path]:
-    """Write ``fig`` as ``<stem>.png`` and ``<stem>.svg`` (atomically; existing files need
+    """Write ``fig`` as ``<stem>.png`` and ``<stem>.svg`` (``save_figure``; existing files need
     ``force``)."""
-    stem = Path(stem)
-    paths = {ext: stem.with_suffix(f".{ext}") for ext in ("png", "svg")}
-    for p in paths.values():
+    formats = ("png", "svg")
+    paths = save_figure(fig, stem, formats=formats, force=force, dpi=dpi)
+    return dict(zip(formats, paths, strict=True))
+
+
+#: savefig options per format that keep the bytes reproducible (no creation date)
+_REPRODUCIBLE: dict[str, dict[str, Any]] = {
+    "svg": {"metadata": {"Date": None}},
+    "pdf": {"metadata": {"CreationDate": None}},
+}
+
+
+def save_figure(
+    fig: Figure,
+    path: str | os.PathLike[str],
+    *,
+    formats: Sequence[str] | None = None,
+    force: bool = False,
+    dpi: int = 150,
+) -> list[Path]:
+    """The project's one figure saver: write ``fig`` atomically, then close it.
+
+    ``formats=None``: one file, ``path``, in the format its suffix names (PNG without one).
+    Otherwise ``path`` is a stem and ``<stem>.<format>`` is written per format, e.g.
+    ``("png", "svg")``. Every path is checked first (``check_output``: an existing file needs
+    ``force``), so a refused one leaves all of them untouched. Returns the paths written.
+    """
+    path = Path(path)
+    if formats is None:
+        targets = [(path.suffix.lstrip(".").lower() or "png", path)]
+    else:
+        targets = [(fmt, path.with_suffix(f".{fmt}")) for fmt in formats]
+    for _, p in targets:
         check_output(p, force)
-    for ext, p in paths.items():
-        buf = io.BytesIO()
-        kwargs: dict[str, Any] = {"dpi": dpi} if ext == "png" else {"metadata": {"Date": None}}
-        fig.savefig(buf, format=ext, **kwargs)
-        atomic_write_bytes(p, buf.getvalue())
-    return paths
+    import matplotlib
+
+    try:
+        # a fixed salt: SVG element ids are otherwise random, so equal figures would differ
+        with matplotlib.rc_context({"svg.hashsalt": "robustcli"}):
+            for fmt, p in targets:
+                buf = io.BytesIO()
+                fig.savefig(buf, format=fmt, dpi=dpi, **_REPRODUCIBLE.get(fmt, {}))
+                atomic_write_bytes(p, buf.getvalue())
+    finally:
+        _close(fig)
+    return [p for _, p in targets]
+
+
+def _close(fig: Figure) -> None:
+    # Only a figure made by pyplot is registered with it (and would leak until closed); the
+    # Figure objects built here are not, and importing pyplot just to close them would pick a
+    # GUI backend.
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(fig)
