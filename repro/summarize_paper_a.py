@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from robustcli.plots import save_figure
+
 METRICS = ("clean_acc", "noise", "blur", "mean_all_19")
 BASELINES = ("resnet20", "pp-resnet20")
 
@@ -103,7 +105,7 @@ def _bars(runs: dict[str, dict[int, dict]], path: Path) -> None:
     ax.set_ylabel("accuracy (%)")
     ax.legend(fontsize=8, ncol=3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, force=True, dpi=120)
     print(f"figure: {path}")
 
 

@@ -22,6 +22,7 @@ from scipy import stats
 
 from robustcli.attacks.metrics import split_distances
 from robustcli.attacks.results import read_attack_result
+from robustcli.plots import save_figure
 
 
 def median_l2(distances: np.ndarray, correct: np.ndarray) -> float:
@@ -158,7 +159,7 @@ def _figure(curves: dict[str, dict[str, list]], grid: np.ndarray, path: Path) ->
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, force=True, dpi=120)
     print(f"figure: {path}")
 
 
