@@ -325,14 +325,14 @@ def test_a_seed_too_large_for_numpy_is_one_line(tmp_path, capsys):
 
 def nan_lr_from(monkeypatch, first_bad_step):
     """Make the schedule give NaN from a global step on (an exploding run, made certain)."""
-    import robustcli.train as T
+    import robustcli.train.loop as L  # the loop looks the schedule up in its own module
 
-    real = T.learning_rate
+    real = L.learning_rate
 
     def lr(hp, step, spe, epochs):
         return float("nan") if step >= first_bad_step(spe) else real(hp, step, spe, epochs)
 
-    monkeypatch.setattr(T, "learning_rate", lr)
+    monkeypatch.setattr(L, "learning_rate", lr)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -374,8 +374,8 @@ def test_divergence_in_the_cli_is_one_line_and_writes_nothing(run, capsys, monke
 def test_the_resolved_schedule_is_printed(tmp_path, capsys):
     step = {"lr": 0.1, "gamma": 0.1, "schedule": "step", "epochs": 12, "milestone_epochs": [6, 10]}
     assert describe_schedule(step) == "lr 0.1, x0.1 after epochs 6, 10"
-    paper_a = {**step, "epochs": 120, "milestone_epochs": [80, 120]}
-    assert describe_schedule(paper_a) == (
+    ranabhat = {**step, "epochs": 120, "milestone_epochs": [80, 120]}
+    assert describe_schedule(ranabhat) == (
         "lr 0.1, x0.1 after epoch 80 (1 later drop past the last epoch)"
     )
     one = {"lr": 0.2, "schedule": "onecycle", "epochs": 10, "warmup": 0.15}

@@ -13,7 +13,16 @@ from typer.testing import CliRunner
 from robustcli.checkpoint import load_checkpoint, load_training_state
 from robustcli.cli import app
 from robustcli.errors import ModelNotFoundError, OutputExistsError, RobustError
-from robustcli.train import RECIPES, get_recipe, learning_rate, milestone_epochs, train
+from robustcli.train import (
+    RECIPES,
+    describe_recipes,
+    get_recipe,
+    learning_rate,
+    milestone_epochs,
+    recipe_names,
+    train,
+)
+from robustcli.train.config import check_resume_args, resolve_hyperparameters
 
 # A tiny, fast setting: ResNet-20 on 8x8 grey digits (the network is fully convolutional).
 TINY = dict(
@@ -149,13 +158,31 @@ def test_recipes_match_their_sources():
     s = get_recipe("strisciuglio")
     assert (s.batch_size, s.epochs, s.lr, s.nesterov, s.weight_decay) == (128, 160, 0.1, True, 1e-4)
     assert milestone_epochs(s.milestones, s.epochs) == [80, 120]
-    a = get_recipe("paper-a")
+    a = get_recipe("ranabhat2025")
     assert (a.batch_size, a.epochs) == (2048, 120)
     assert milestone_epochs(a.milestones, a.epochs) == [80, 120]
     t = get_recipe("topdown", "cifar10")
     assert milestone_epochs(t.milestones, t.epochs) == [50, 80] and t.augment == "none"
     assert get_recipe("topdown", "mnist").epochs == 30
-    assert set(RECIPES) == {"fast", "paper-a", "strisciuglio", "topdown"}
+    assert recipe_names() == ["fast", "ranabhat2025", "strisciuglio", "topdown"]
+    assert set(RECIPES) == {"fast", "ranabhat2025", "strisciuglio", "topdown", "paper-a"}
+
+
+def test_old_recipe_names_are_aliases():
+    """``paper-a`` (the name before ranabhat2025) still works, and records the current name."""
+    assert get_recipe("paper-a") is get_recipe("ranabhat2025")
+    assert get_recipe("paper-a", "cifar10") == get_recipe("ranabhat2025", "cifar10")
+    assert "paper-a" in RECIPES  # what a study file's `recipe:` is checked against
+    assert "ranabhat2025 (was paper-a)" in describe_recipes()
+    with pytest.raises(RobustError, match="choose one of fast, ranabhat2025, strisciuglio, topd"):
+        get_recipe("paper-c")
+    hp = resolve_hyperparameters("paper-a", "digits", {"epochs": 3})
+    assert hp["recipe"] == "ranabhat2025" and hp["milestone_epochs"] == [2, 3]
+    # a run saved under either name resumes with either name; another recipe is refused
+    for saved, given in (("paper-a", "ranabhat2025"), ("ranabhat2025", "paper-a")):
+        check_resume_args({"hyperparameters": {"recipe": saved}}, {"recipe": given})
+    with pytest.raises(RobustError, match="--recipe fast differs"):
+        check_resume_args({"hyperparameters": {"recipe": "paper-a"}}, {"recipe": "fast"})
 
 
 @pytest.mark.parametrize(
@@ -218,15 +245,16 @@ def test_cli_unknown_model_is_one_line():
 KILL_SCRIPT = """
 import pathlib, sys, time, torch
 import robustcli.train as T
+import robustcli.train.loop as L
 torch.set_num_threads(1)
 kw = {kw!r}
-schedule = T.learning_rate
+schedule = L.learning_rate
 def stall(hp, step, spe, epochs):  # called inside each step: stall half-way through epoch 2
     if step == spe + spe // 2:
         pathlib.Path(sys.argv[2]).touch()
         time.sleep(60)
     return schedule(hp, step, spe, epochs)
-T.learning_rate = stall
+L.learning_rate = stall  # the loop looks the schedule up in its own module
 T.train("resnet20", out=sys.argv[1], **kw)
 """
 
