@@ -2,7 +2,7 @@
 `robust attack` cost on 1,000 images.
 
     python benchmarks/bench_attack.py --checkpoint runs/r20/model.safetensors \\
-        --dataset cifar10 --data-dir ~/data/cifar10 -n 64 --json bench_attack.json
+        --dataset cifar10 --data-dir ~/data/cifar10 -n 64 --out bench_attack.json
 
 Every attack runs once (one repeat) with its default parameters on the same ``n`` correctly
 and incorrectly classified test images, in batches of ``--batch-size`` on ``--device``.
@@ -70,7 +70,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--defaults", default="paper-b", help="the attack set to cost on 1,000 images")
-    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument(
+        "-o", "--out", "--json", dest="json", default=None, help="write the results here"
+    )
     ap.add_argument(
         "--ref-forward",
         type=float,

@@ -7,12 +7,12 @@ prints seconds per corruption and the total. Then runs the per-image NumPy port 
 Pillow, ImageMagick's motion blur in NumPy) on a small subset and prints the speed-up, with the
 recipe's time extrapolated linearly to N images.
 
-Data: ``--data DIR`` is an extracted JPEG CIFAR-10 mirror with ``test/<class>/*.jpg`` (the
+Data: ``--data-dir DIR`` is an extracted JPEG CIFAR-10 mirror with ``test/<class>/*.jpg`` (the
 first N images, classes in name order); without it the 20 real CIFAR-10 test images shipped in
 foolbox are tiled to N.
 
     mkdir -p /tmp/cifar && tar xzf /work/shared/data/cifar10-jpeg.tar.gz -C /tmp/cifar
-    python benchmarks/bench_corruptions.py --data /tmp/cifar
+    python benchmarks/bench_corruptions.py --data-dir /tmp/cifar
 """
 
 from __future__ import annotations
@@ -88,8 +88,16 @@ def time_reference(imgs: np.ndarray, names: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--data", help="extracted JPEG CIFAR-10 mirror (test/<class>/*.jpg)")
-    ap.add_argument("-n", type=int, default=10_000, help="test images (default 10000)")
+    # option names as in `robust` (old spellings kept: --data, --json)
+    ap.add_argument(
+        "--data-dir",
+        "--data",
+        dest="data",
+        help="extracted JPEG CIFAR-10 mirror (test/<class>/*.jpg)",
+    )
+    ap.add_argument(
+        "-n", "--n-examples", dest="n", type=int, default=10_000, help="test images (default 10000)"
+    )
     ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument(
         "--reference-n", type=int, default=50, help="images for the per-image recipe (0 to skip)"
@@ -103,7 +111,9 @@ def main() -> None:
     )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--corruptions", nargs="*", default=CORRUPTIONS)
-    ap.add_argument("--json", help="also write the timings to this JSON file")
+    ap.add_argument(
+        "-o", "--out", "--json", dest="json", help="also write the timings to this JSON file"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

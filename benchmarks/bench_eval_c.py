@@ -7,14 +7,14 @@ corruption and severity, the first ``n`` images of the memory-mapped ``.npy`` fi
 the same files, timed end to end (model preparation included). Both count correct predictions;
 the script checks they agree.
 
-Data: real CIFAR-10 test images, from ``--data DIR`` (an ImageFolder tree such as the extracted
+Data: real CIFAR-10 test images, from ``--data-dir DIR`` (an ImageFolder tree such as the extracted
 JPEG mirror, ``DIR/test/<class>/*.jpg``) or else foolbox's 20 CIFAR-10 samples tiled; the
 corrupted files are written once with ``robustcli.corruptions.generate_dataset`` (not timed).
 Models are the registry's, randomly initialised with a fixed seed (throughput does not depend on
 the weights), or ``--checkpoint``.
 
     python benchmarks/bench_eval_c.py                         # foolbox samples, tiled to 500
-    python benchmarks/bench_eval_c.py --data /tmp/cifar/cifar10 --n 1000 --models resnet20
+    python benchmarks/bench_eval_c.py --data-dir /tmp/cifar/cifar10 -n 1000 --models resnet20
 """
 
 from __future__ import annotations
@@ -92,8 +92,22 @@ def robustbench_loop(model, root: Path, corruptions, n: int, batch_size: int = 1
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", help="ImageFolder root with test/<class>/ (e.g. the JPEG mirror)")
-    ap.add_argument("--n", type=int, default=500, help="images per severity [500]")
+    # option names as in `robust` (old spellings kept: --data, --n)
+    ap.add_argument(
+        "--data-dir",
+        "--data",
+        dest="data",
+        help="ImageFolder root with test/<class>/ (e.g. the JPEG mirror)",
+    )
+    ap.add_argument(
+        "-n",
+        "--n-examples",
+        "--n",
+        dest="n",
+        type=int,
+        default=500,
+        help="images per severity [500]",
+    )
     ap.add_argument("--corruptions", default="gaussian_noise,defocus_blur,fog,contrast")
     ap.add_argument("--models", default="resnet20,pp-resnet20")
     ap.add_argument("--batch-size", type=int, default=None, help="ours [the default]")

@@ -146,7 +146,7 @@ def bench_steps(batch: int, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batch-size", "--batch", dest="batch", type=int, default=128)
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)

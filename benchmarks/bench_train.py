@@ -16,7 +16,7 @@ Usage::
 
     python benchmarks/bench_train.py --data-dir /tmp/cifar          # CIFAR-10 (JPEG mirror)
     python benchmarks/bench_train.py                                 # embedded digits at 32x32
-    python benchmarks/bench_train.py --steps 20 --rounds 3 --json out.json
+    python benchmarks/bench_train.py --steps 20 --rounds 3 --out out.json
 
 Images/s counts training images through forward, backward and the SGD step, data loading
 included; warm-up steps (oneDNN primitive creation, DataLoader start) are excluded.
@@ -165,7 +165,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers (reference)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default=None, help="write the numbers to this file")
+    ap.add_argument(
+        "-o", "--out", "--json", dest="json", default=None, help="write the numbers to this file"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -15,23 +15,29 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from torch import nn
 
 from robustcli.errors import ModelNotFoundError, RobustError
-from robustcli.models.densenet import DenseNetBC
-from robustcli.models.factory import activation_factory, conv_factory
-from robustcli.models.resnet_cifar import CifarResNet
-from robustcli.models.topdown_nets import build_paper_b_net
 
-Builder = Callable[..., nn.Module]
+if TYPE_CHECKING:  # torch loads when a model is built, not when names are listed
+    from torch import nn
+
+Builder = Callable[..., "nn.Module"]
 BACKBONES: dict[str, Builder] = {}
 
 
 def register_backbone(name: str) -> Callable[[Builder], Builder]:
+    """Register a builder under ``name``; a name already taken is refused (as torchvision
+    does), so a plug-in cannot silently replace a backbone."""
+
     def deco(fn: Builder) -> Builder:
+        if name in BACKBONES:
+            raise RobustError(
+                f"backbone {name!r} is already registered ({BACKBONES[name].__module__}."
+                f"{BACKBONES[name].__qualname__}): choose another name"
+            )
         BACKBONES[name] = fn
         return fn
 
@@ -45,6 +51,9 @@ def _resnet20(
     activation: str = "relu",
     pp: Mapping[str, Any] | None = None,
 ) -> nn.Module:
+    from robustcli.models.factory import activation_factory, conv_factory
+    from robustcli.models.resnet_cifar import CifarResNet
+
     return CifarResNet(
         20, num_classes, in_channels, conv=conv_factory(pp), act=activation_factory(activation)
     )
@@ -57,6 +66,9 @@ def _densenet40(
     activation: str = "relu",
     pp: Mapping[str, Any] | None = None,
 ) -> nn.Module:
+    from robustcli.models.densenet import DenseNetBC
+    from robustcli.models.factory import activation_factory, conv_factory
+
     return DenseNetBC(
         40,
         12,
@@ -75,6 +87,8 @@ def _paper_b(backbone: str) -> Builder:
         activation: str = "relu",
         pyramid_method: str = "gaussian",
     ) -> nn.Module:
+        from robustcli.models.topdown_nets import build_paper_b_net
+
         return build_paper_b_net(
             backbone,
             arrangement,
@@ -139,11 +153,37 @@ def zoo_path() -> Path:
     return Path(__file__).resolve().parents[1] / "model_zoo.yaml"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently: a second entry of a model would replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise RobustError(
+                    f"{getattr(self, 'source_name', 'YAML')}: {key!r} is given twice "
+                    f"(line {key_node.start_mark.line + 1}): give each name once"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_unique(text: str, source_name: str) -> Any:
+    loader = _UniqueKeyLoader(text)
+    loader.source_name = source_name  # type: ignore[attr-defined]
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 @functools.lru_cache(maxsize=1)
 def _load_zoo() -> tuple[dict[str, DatasetSpec], dict[str, ModelSpec]]:
     path = zoo_path()
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _load_unique(path.read_text(), str(path))
     except FileNotFoundError:
         raise RobustError(f"model zoo not found at {path}: reinstall robustcli") from None
     datasets = {

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import pandas as pd
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+from typing import TYPE_CHECKING
 
 from robustcli.registry import count_parameters, create_model, get_model_spec, list_models
+
+if TYPE_CHECKING:  # loaded by the functions: importing the zoo (e.g. for `robust --help`) is cheap
+    import pandas as pd
+    import torch
 
 
 def count_macs(model: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -14,6 +16,9 @@ def count_macs(model: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
 
     Counted with torch's FlopCounterMode (matrix products and convolutions; FLOPs / 2).
     """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     model = model.eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, *input_shape))
@@ -23,6 +28,8 @@ def count_macs(model: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
 def models_table(pattern: str = "*", macs: bool = True) -> pd.DataFrame:
     """One row per registered model matching ``pattern``: name, family, backbone, parameters
     (counted on the built model), MACs at the model's input size, input shape and source."""
+    import pandas as pd
+
     rows = []
     for name in list_models(pattern):
         spec = get_model_spec(name)

@@ -74,7 +74,7 @@ CASES: list[tuple[str, list[str], str]] = [
         r"old-attack",
     ),
     # explain
-    ("explain-n-neg", ["explain", "run", "-n", "-5"], r"--images"),
+    ("explain-n-neg", ["explain", "run", "-n", "-5"], r"--n-examples"),
     ("explain-batch-0", ["explain", "run", "--batch-size", "0"], r"--batch-size"),
     ("explain-threshold-nan", ["explain", "run", "--threshold", "nan"], r"--threshold"),
     ("explain-format", ["explain", "run", "-f", "xml"], r"--format.*xml"),

@@ -57,7 +57,9 @@ ATTACKS: dict[str, AttackSpec] = {}
 
 
 def register_attack(spec: AttackSpec) -> AttackSpec:
-    """Add (or replace) an attack by name."""
+    """Add an attack by name; a name already taken is refused (no silent replacement)."""
+    if spec.name in ATTACKS:
+        raise RobustError(f"attack {spec.name!r} is already registered: choose another name")
     ATTACKS[spec.name] = spec
     return spec
 

@@ -1,59 +1,57 @@
-"""The `robust` command: a thin Typer layer over the robustcli library."""
+"""The `robust` command: a thin Typer layer over the robustcli library.
+
+Each command lives in its own module as a plain function; this module registers them on the
+app (robustcli.cli.app) in the order ``robust --help`` lists them. Command modules import only
+light modules at the top (typer, rich, robustcli.cli.options): torch, pandas and Foolbox load
+inside the command that needs them, so ``--help``, ``--version`` and usage errors stay fast.
+"""
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-app = typer.Typer(
-    name="robust",
-    help=(
-        "Train push-pull and top-down CNNs, measure them on CIFAR-10-C, attack them with "
-        "Foolbox, compare runs and gate regressions in CI."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+from robustcli.cli.app import app
+from robustcli.cli.attack import attack_command
+from robustcli.cli.compare import compare_command
+from robustcli.cli.corrupt import corrupt_command
+from robustcli.cli.eval_c import eval_c_command
+from robustcli.cli.explain import explain_command
+from robustcli.cli.models import models_command
+from robustcli.cli.quickstart import quickstart_command
+from robustcli.cli.train import train_command
+
+__all__ = ["app", "main"]
+
+for _name, _command in (
+    ("quickstart", quickstart_command),
+    ("train", train_command),
+    ("eval-c", eval_c_command),
+    ("corrupt", corrupt_command),
+    ("attack", attack_command),
+    ("explain", explain_command),
+    ("compare", compare_command),
+    ("models", models_command),
+):
+    app.command(_name)(_command)
 
 
-def _version(value: bool) -> None:
-    if value:
-        from robustcli import __version__
+def _register_study() -> None:
+    # robustcli/cli/study.py still registers itself with @app.command (it imports `app` from
+    # here, which is bound by now); once it defines a plain study_command, register it here.
+    from robustcli.cli import study
 
-        typer.echo(f"robustcli {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    """Robustness of push-pull and top-down CNNs: train, eval-c, attack, compare."""
+    if not any(c.name == "study" for c in app.registered_commands):
+        app.command("study")(study.study_command)
 
 
-def _register() -> None:
-    # Each subcommand lives in its own module and registers itself on `app`.
-    from robustcli.cli import (  # noqa: F401
-        attack,
-        compare,
-        eval_c,
-        explain,
-        models,
-        study,
-        train,
-    )
-
-
-_register()
+_register_study()
 
 
 def main() -> None:
     """Entry point of ``robust``: usage errors (bad option values, unknown options) are one line
     on stderr with exit code 2, like every other error of the tool."""
-    import sys
-
     # Typer >= 0.20 vendors click; the base class is found the same way in both layouts.
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
     aborts = tuple(

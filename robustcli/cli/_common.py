@@ -69,6 +69,11 @@ def guarded(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _num(x: float) -> str:
+    """2**63 - 1 as digits, not 9.22337e+18."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def in_range(
     name: str,
     low: float | None = None,
@@ -90,8 +95,8 @@ def in_range(
         bad = bad or (low is not None and (v <= low if low_open else v < low))
         bad = bad or (high is not None and v > high)
         if bad:
-            lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-            hi = "" if high is None else f"<= {high:g}"
+            lo = "" if low is None else f"{'>' if low_open else '>='} {_num(low)}"
+            hi = "" if high is None else f"<= {_num(high)}"
             rule = " and ".join(x for x in (lo, hi) if x) or "finite"
             raise typer.BadParameter(f"{name} {value} is out of range: give a number {rule}")
         return value

@@ -5,19 +5,20 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 
-from robustcli.cli import app
+from robustcli.cli import options as opt
 from robustcli.cli._common import console, err_console, guarded, in_range
 from robustcli.errors import RobustError
 
 DEFAULT_EXAMPLES = 1000
+DEFAULT_BATCH = 128
 
 if TYPE_CHECKING:
-    from robustcli.attacks.experiment import AttackRun
+    from robustcli.attacks.experiment import AttackModel, AttackRun
     from robustcli.attacks.runner import AttackOutcome
 
 
@@ -92,9 +93,15 @@ class _RichProgress:
             self.progress.update(task, completed=self.progress.tasks[task].completed or total)
 
 
-@app.command("attack")
 @guarded
 def attack_command(
+    ref: str | None = typer.Argument(
+        None,
+        metavar="MODEL",
+        help="The model: model.safetensors, its run folder, or a registry name (untrained: "
+        "needs --untrained); or give --model / --checkpoint.",
+        show_default=False,
+    ),
     model: str | None = typer.Option(
         None,
         "--model",
@@ -116,13 +123,9 @@ def attack_command(
         "-a",
         help="Comma-separated attacks or groups: paper-b, gradient, all; see --list.",
     ),
-    n_examples: int | None = typer.Option(
-        None,
-        "--n-examples",
-        "-n",
-        callback=in_range("--n-examples", 1),
-        help="Test images to attack, drawn at random (seeded) from the split. Default: 1000 "
-        "(all 20 of the built-in Foolbox samples); paper B attacked whole test sets.",
+    n_examples: int | None = opt.n_examples_option(
+        f"Drawn at random (seeded) from the split; default: {DEFAULT_EXAMPLES} (all 20 of "
+        "the built-in Foolbox samples); paper B attacked whole test sets."
     ),
     repeats: int = typer.Option(
         3,
@@ -142,19 +145,11 @@ def attack_command(
         help="L2 grid of the robust accuracies, e.g. 0.1,0.25,0.5,1,2 ([0,1] pixels). Default: "
         "0.1,0.25,0.5,1,2 at 3x32x32, 0.5,1,1.5,2,3 at 1x28x28.",
     ),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Output folder. Default: runs/attack-<model>[-vs-<model>]."
+    out: Path | None = opt.out_option("Default: runs/attack-<model>[-vs-<model>]."),
+    dataset: str | None = opt.dataset_option(
+        "Default: the model's dataset, from the real test images Foolbox ships (no download)."
     ),
-    dataset: str | None = typer.Option(
-        None,
-        "--dataset",
-        "-d",
-        help="cifar10, mnist, fashion-mnist, digits, imagefolder. Default: the model's dataset, "
-        "from the real test images Foolbox ships (no download).",
-    ),
-    data_dir: Path | None = typer.Option(
-        None, "--data-dir", help="Folder with the dataset (as for robust train)."
-    ),
+    data_dir: Path | None = opt.data_dir_option(),
     param: list[str] | None = typer.Option(
         None,
         "--param",
@@ -167,30 +162,22 @@ def attack_command(
         callback=in_range("--max-seconds", 0, low_open=True),
         help="Time budget per attack run (model x branch x attack); what was cut is reported.",
     ),
-    batch_size: int = typer.Option(
-        128,
-        "--batch-size",
-        "-b",
-        callback=in_range("--batch-size", 1),
-        help="Images per attack call.",
+    batch_size: int | None = opt.batch_size_option(f"Per attack call; default: {DEFAULT_BATCH}."),
+    seed: int | None = opt.seed_option("Seeds the example draw and the attacks."),
+    device: str = opt.device_option(),
+    precision: str = opt.precision_option(
+        "attack computes in fp32 (minimal perturbations need exact gradients; auto is fp32)."
     ),
-    seed: int = typer.Option(
-        0,
-        "--seed",
-        callback=in_range("--seed", 0, 2**63 - 1),
-        help="Seed of the example draw and of the attacks.",
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     untrained: bool = typer.Option(
         False, "--untrained", help="Allow attacking randomly initialised weights (smoke tests)."
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs in --out."),
-    progress: bool = typer.Option(
-        True,
-        "--progress/--no-progress",
-        help="Progress bars; without them (or when stderr is not a terminal) one line per "
-        "finished attack.",
+    force: bool = opt.force_option(),
+    progress: str = opt.progress_option("plain: one line per finished attack run."),
+    no_progress: bool = opt.no_progress_option(),
+    fmt: str = opt.format_option(
+        "json: attack.json; csv: attack_summary.csv; table and markdown: the summary."
     ),
+    as_json: bool = opt.json_option(),
     list_: bool = typer.Option(False, "--list", help="List the attacks and exit."),
 ) -> None:
     """Attack a model with Foolbox (L2, [0,1] pixels) using paper B's protocol.
@@ -203,6 +190,7 @@ def attack_command(
 
     \b
     Examples:
+      robust attack runs/td-nin --vs runs/bu-nin
       robust attack -m td-nin -c runs/td-nin --vs runs/bu-nin
       robust attack -c runs/td-nin -d cifar10 --data-dir ~/data/cifar10 -n 1000 --max-seconds 600
       robust attack -c runs/td-nin-light --branch high,mid,low -a gaussian,pointwise
@@ -212,25 +200,18 @@ def attack_command(
     if list_:
         _list_attacks()
         return
+    fmt = opt.output_format(fmt, as_json)
+    opt.fp32_only(precision, "attack", "minimal perturbations need exact gradients")
+    model, checkpoint = _model_ref(ref, model, checkpoint)
+    seed = opt.seed_or_default(seed)
+    batch_size = batch_size or DEFAULT_BATCH
+    mode = opt.progress_mode(progress, no_progress)
 
-    from robustcli.attacks import parse_param_overrides, resolve_attacks
-    from robustcli.attacks.experiment import (
-        load_attack_data,
-        load_attack_model,
-        run_experiment,
-        write_experiment,
-    )
+    from robustcli.attacks.experiment import load_attack_data, run_experiment, write_experiment
     from robustcli.attacks.results import check_outputs
     from robustcli.runtime import resolve_device
 
-    names = resolve_attacks(attacks)
-    params = parse_param_overrides(param)
-    unused = [a for a in params if a not in names]
-    if unused:
-        raise RobustError(
-            f"--param for {', '.join(unused)}, which --attacks does not select "
-            f"({', '.join(names)}): add it to --attacks or drop the --param"
-        )
+    names, params = _attacks_and_params(attacks, param)
     eps = _floats(epsilons, "--epsilons")
     branches = [b.strip() for b in branch.split(",") if b.strip()] or ["all"]
     # the library checks these too; here they fail before any model is loaded
@@ -242,14 +223,8 @@ def attack_command(
         raise RobustError(f"--batch-size must be at least 1, got {batch_size}")
     dev = resolve_device(device)
 
-    first = load_attack_model(model, checkpoint, untrained=untrained, device=dev)
-    models = [first]
-    if vs is not None:
-        p = Path(vs).expanduser()
-        if p.exists() or vs.endswith(".safetensors") or "/" in vs:
-            models.append(load_attack_model(None, p, device=dev))
-        else:
-            models.append(load_attack_model(vs, None, untrained=untrained, device=dev))
+    models = _load_models(model, checkpoint, vs, untrained, dev)
+    first = models[0]
     if out is None:
         out = Path("runs") / (
             f"attack-{first.name}" + (f"-vs-{models[1].name}" if len(models) > 1 else "")
@@ -275,10 +250,10 @@ def attack_command(
         highlight=False,
     )
 
-    show_bars = progress and err_console.is_terminal
+    show_bars = mode == "rich"
 
     def finished(o: AttackOutcome) -> None:
-        if not show_bars:  # no bars: say something after each attack run, not nothing for hours
+        if mode == "plain":  # no bars: say something after each attack run, not nothing for hours
             err_console.print(escape(_finished_line(o)), highlight=False, soft_wrap=True)
 
     bars = _RichProgress(show_bars)
@@ -303,9 +278,76 @@ def attack_command(
     clamped = f", clamped from -n {n_examples}" if data.provenance.get("clamped") else ""
     title = f"{data.provenance['source']} (n={n_used}{clamped})"
     paths = write_experiment(run, out, force=force, title=title)
-    _render(run, title)
+    _print_outputs(run, paths, fmt, title)
+
+
+def _attacks_and_params(
+    attacks: str, param: list[str] | None
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """--attacks resolved to names; --param overrides, each for an attack that runs."""
+    from robustcli.attacks import parse_param_overrides, resolve_attacks
+
+    names = resolve_attacks(attacks)
+    params = parse_param_overrides(param)
+    unused = [a for a in params if a not in names]
+    if unused:
+        raise RobustError(
+            f"--param for {', '.join(unused)}, which --attacks does not select "
+            f"({', '.join(names)}): add it to --attacks or drop the --param"
+        )
+    return names, params
+
+
+def _load_models(
+    model: str | None, checkpoint: Path | None, vs: str | None, untrained: bool, dev: Any
+) -> list[AttackModel]:
+    """The attacked model, then the --vs one (a path is a checkpoint, else a registry name)."""
+    from robustcli.attacks.experiment import load_attack_model
+
+    models = [load_attack_model(model, checkpoint, untrained=untrained, device=dev)]
+    if vs is not None:
+        p = Path(vs).expanduser()
+        if p.exists() or vs.endswith(".safetensors") or "/" in vs:
+            models.append(load_attack_model(None, p, device=dev))
+        else:
+            models.append(load_attack_model(vs, None, untrained=untrained, device=dev))
+    return models
+
+
+def _print_outputs(run: AttackRun, paths: dict[str, Path], fmt: str, title: str) -> None:
+    """stdout in ``fmt`` (json and csv: the files as written), then the paths of the files."""
+    if fmt == "table":
+        _render(run, title)
+    elif fmt == "json":
+        typer.echo(paths["json"].read_text(), nl=False)  # exactly what attack.json holds
+    elif fmt == "csv":
+        typer.echo(paths["summary_csv"].read_text(), nl=False)
+    else:
+        from robustcli.render import to_markdown
+
+        typer.echo(f"**robust attack: {title}**\n\n{to_markdown(run.summary, '.3g')}", nl=False)
+    where = console if fmt == "table" else err_console  # stdout stays machine-readable
     for key in ("json", "summary_csv", "samples_csv", "figure_png", "figure_svg"):
-        console.print(f"  {paths[key]}", highlight=False)
+        where.print(f"  {paths[key]}", highlight=False)
+
+
+def _model_ref(
+    ref: str | None, model: str | None, checkpoint: Path | None
+) -> tuple[str | None, Path | None]:
+    """The positional model reference as (--model, --checkpoint): a file, a folder or a path
+    is a checkpoint, anything else a registry name (the rule --vs follows)."""
+    if ref is None:
+        return model, checkpoint
+    p = Path(ref).expanduser()
+    if p.exists() or ref.endswith(".safetensors") or "/" in ref:
+        if checkpoint is not None:
+            raise RobustError(
+                f"two checkpoints ({ref} and --checkpoint {checkpoint}): give one of them"
+            )
+        return model, p
+    if model is not None and model != ref:
+        raise RobustError(f"two models ({ref} and --model {model}): give one of them")
+    return ref, checkpoint
 
 
 def _render(run: AttackRun, title: str) -> None:

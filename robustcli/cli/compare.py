@@ -1,4 +1,4 @@
-"""`robust compare` (side by side, deltas, gates for CI) and `robust quickstart`."""
+"""`robust compare`: results side by side, deltas, gates for CI."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from robustcli.cli import app
+from robustcli.cli import options as opt
 from robustcli.cli._common import console, err_console, guarded
 
 STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
 
-@app.command("compare")
 @guarded
 def compare_command(
     results: list[Path] = typer.Argument(
@@ -26,9 +25,8 @@ def compare_command(
     baseline: Path | None = typer.Option(
         None, "--baseline", help="The reference result: deltas and max-drop gates against it."
     ),
-    fmt: str = typer.Option(
-        "table", "--format", "-f", help="table, markdown, csv or json (to stdout)."
-    ),
+    fmt: str = opt.format_option(),
+    as_json: bool = opt.json_option(),
     plot: Path | None = typer.Option(
         None, "--plot", help="Grouped bar plot of the percent metrics (.png, .svg, .pdf)."
     ),
@@ -52,7 +50,7 @@ def compare_command(
         "--github-summary",
         help=f"Also append the summary to ${STEP_SUMMARY_ENV} (when that variable is set).",
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing --plot file."),
+    force: bool = opt.force_option("compare writes only the --plot file."),
     allow_mismatch: bool = typer.Option(
         False,
         "--allow-mismatch",
@@ -85,9 +83,10 @@ def compare_command(
         write_text,
     )
     from robustcli.gates import collect_rules, evaluate_gates, markdown_summary
-    from robustcli.render import check_format, to_markdown
 
-    check_format(fmt)
+    fmt = opt.output_format(fmt, as_json)
+    from robustcli.render import to_markdown
+
     rules = collect_rules(max_drop=max_drop, minimum=minimum, maximum=maximum, gates_file=gates)
     if plot is not None:
         check_plot_path(plot, force)
@@ -131,35 +130,3 @@ def compare_command(
                 highlight=False,
             )
         raise typer.Exit(code=report.exit_code)
-
-
-@app.command("quickstart")
-@guarded
-def quickstart_command(
-    out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Output folder."),
-    force: bool = typer.Option(False, "--force", help="Reuse an existing, non-empty --out."),
-    fast: bool = typer.Option(
-        False, "--fast", help="Smoke-test size (1 epoch, few images): seconds, not minutes."
-    ),
-) -> None:
-    """The whole story offline, in a few minutes on 2 CPU cores.
-
-    Trains resnet20 and pp-resnet20 on the embedded digits (3 epochs), evaluates both on
-    generated corruptions (15 common, severities 1,3,5, all 364 test images), attacks both
-    (ddn 20 steps + contrast, 100 test images) and prints the comparison. Everything lands
-    under --out: run folders, eval-c JSONs, attack/, compare.md, compare.csv, compare.png.
-    """
-    from robustcli.compare import LEGEND, render_comparison
-    from robustcli.quickstart import quickstart
-
-    def log(msg: str) -> None:
-        err_console.print(f"[dim]quickstart:[/] {msg}", highlight=False)
-
-    result = quickstart(out, force=force, fast=fast, log=log)
-    render_comparison(result.comparison, "table", console=console)
-    console.print(LEGEND, style="dim", highlight=False)
-    console.print(
-        f"done in {result.seconds['total']:.0f} s; outputs under {result.out} "
-        f"(compare.md, compare.csv, compare.png)",
-        highlight=False,
-    )

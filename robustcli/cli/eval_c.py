@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import typer
 
-from robustcli.cli import app
-from robustcli.cli._common import console, err_console, guarded, in_range
-from robustcli.errors import RobustError
-from robustcli.render import render
+from robustcli.cli import options as opt
+from robustcli.cli._common import console, err_console, guarded
 
 
-@app.command("eval-c")
 @guarded
 def eval_c_command(
     checkpoint: str = typer.Argument(
@@ -33,12 +29,7 @@ def eval_c_command(
     generate: bool = typer.Option(
         False, "--generate", help="Corrupt the clean test images on the fly (seeded by --seed)."
     ),
-    seed: int = typer.Option(
-        0,
-        "--seed",
-        help="Seed of --generate (same images as `corrupt`); 0 or more.",
-        callback=in_range("--seed", 0),
-    ),
+    seed: int | None = opt.seed_option("Seeds --generate (the same images as `corrupt`)."),
     corruptions: str = typer.Option(
         "common",
         "--corruptions",
@@ -47,29 +38,14 @@ def eval_c_command(
         "comma-separated.",
     ),
     severities: str = typer.Option("1-5", "--severities", "-s", help="e.g. 1-5, 3 or 1,3,5."),
-    n_examples: int | None = typer.Option(
-        None,
-        "--n-examples",
-        "-n",
-        help="First N test images per severity (default: all; more than there are: all).",
-        callback=in_range("--n-examples", 1),
+    n_examples: int | None = opt.n_examples_option(
+        "The first N per severity; default: all (more than there are: all)."
     ),
-    batch_size: int | None = typer.Option(
-        None,
-        "--batch-size",
-        "-b",
-        help="Images per forward pass (default: 100 on CPU, 1000 on GPU).",
-        callback=in_range("--batch-size", 1),
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16 autocast on GPUs, fp32 on CPUs), bf16 or fp32."
-    ),
-    data_dir: Path | None = typer.Option(
-        None,
-        "--data-dir",
-        help="Clean test set: torchvision's cifar-10-batches-py (or its parent) or an ImageFolder "
-        "tree (test/<class>/). Default: the cache (~/.cache/robustcli/cifar10).",
+    batch_size: int | None = opt.batch_size_option("Default: 100 on CPU, 1000 on GPU."),
+    device: str = opt.device_option(),
+    precision: str = opt.precision_option("auto: bf16 autocast on GPUs, fp32 on CPUs."),
+    data_dir: Path | None = opt.data_dir_option(
+        "eval-c reads the clean CIFAR-10 test set (cifar-10-batches-py or test/<class>/)."
     ),
     data_label: str | None = typer.Option(
         None,
@@ -92,20 +68,17 @@ def eval_c_command(
         help="Where registered names find their checkpoints "
         "(default: ~/.cache/robustcli/checkpoints).",
     ),
-    out: Path | None = typer.Option(
-        None,
-        "--out",
-        "-o",
-        help="Write the result JSON here and RobustBench's unaggregated CSV beside it (.csv).",
+    out: Path | None = opt.out_option(
+        "eval-c: the result JSON, with RobustBench's unaggregated CSV beside it (.csv); "
+        "default: none (print only)."
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing --out files."),
-    fmt: str = typer.Option("table", "--format", "-f", help="Terminal output: table or markdown."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result JSON to stdout."),
-    progress: bool | None = typer.Option(
-        None,
-        "--progress/--no-progress",
-        help="Progress bar (default: on when stderr is a terminal).",
+    force: bool = opt.force_option(),
+    fmt: str = opt.format_option(
+        "json: the result document; csv: RobustBench's unaggregated CSV (what --out writes)."
     ),
+    as_json: bool = opt.json_option(),
+    progress: str = opt.progress_option("eval-c has no line mode yet: plain shows no bar."),
+    no_progress: bool = opt.no_progress_option(),
     fold: bool = typer.Option(
         True, "--fold/--no-fold", help="Fold push-pull and BatchNorm layers (exactly equal)."
     ),
@@ -117,30 +90,22 @@ def eval_c_command(
 
       robust eval-c runs/resnet20/model.safetensors --cifar-c-dir ~/data/CIFAR-10-C
 
-      robust eval-c pp-resnet20 --generate -n 1000 -c noise,blur --out results/pp.json
+      robust eval-c pp-resnet20 --generate -n 1000 -c noise,blur --out runs/pp-eval-c.json
 
-      robust eval-c runs/pp --cifar-c-dir C10C -c all --baseline results/resnet20.json
+      robust eval-c runs/pp --cifar-c-dir C10C -c all --baseline runs/resnet20-eval-c.json
 
       torchrun --nproc_per_node 4 --no-python robust eval-c ck --cifar-c-dir C10C -o r.json
     """
-    from robustcli.evaluate import (
-        check_outputs,
-        clamp_note,
-        corruption_table,
-        run_eval_c,
-        summary_table,
-    )
-    from robustcli.evaluate import write_eval_c as write
+    fmt = opt.output_format(fmt, as_json)  # before any work
+    from robustcli.evaluate import check_outputs, run_eval_c
 
-    if fmt not in ("table", "markdown"):
-        raise RobustError(f"unknown --format {fmt!r}: choose table or markdown (or --json)")
     if out is not None:
         check_outputs(out, force)  # before any work
     doc = run_eval_c(
         checkpoint,
         cifar_c_dir=cifar_c_dir,
         generate=generate,
-        seed=seed,
+        seed=opt.seed_or_default(seed),
         corruptions=corruptions,
         severities=severities,
         n_examples=n_examples,
@@ -153,18 +118,35 @@ def eval_c_command(
         baseline=baseline,
         checkpoint_dir=checkpoint_dir,
         fold=fold,
-        progress=sys.stderr.isatty() if progress is None else progress,
+        progress=opt.progress_mode(progress, no_progress) == "rich",
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return
+    _report(doc, fmt, out, force, n_examples)
+
+
+def _report(doc: dict, fmt: str, out: Path | None, force: bool, n_examples: int | None) -> None:
+    """Rank 0 after the work: the note, the files, then stdout in ``fmt``."""
+    from robustcli.evaluate import (
+        clamp_note,
+        corruption_table,
+        summary_table,
+        unaggregated_frame,
+        write_eval_c,
+    )
+    from robustcli.render import render
+
     note = clamp_note(n_examples, doc["n_examples"], "images per severity")
     if note is not None:
         err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     if out is not None:
-        paths = write(doc, out, force)
+        paths = write_eval_c(doc, out, force)
         err_console.print(f"wrote {paths['json']} and {paths['csv']}", highlight=False)
-    if as_json:
+    if fmt == "json":
         typer.echo(json.dumps(doc, indent=2))
+        return
+    if fmt == "csv":
+        typer.echo(unaggregated_frame(doc).to_csv(), nl=False)
         return
     prov = doc["provenance"]
     data = prov["corrupted_data"]
@@ -177,98 +159,3 @@ def eval_c_command(
         text = render(df, fmt, title=t, console=console)
         if text is not None:
             typer.echo(f"**{t}**\n\n{text}")
-
-
-@app.command("corrupt")
-@guarded
-def corrupt_command(
-    out: Path = typer.Argument(
-        ..., help="Folder to write (<corruption>.npy, labels.npy).", show_default=False
-    ),
-    dataset: str = typer.Option(
-        "cifar10", "--dataset", "-d", help="Dataset of the clean test images."
-    ),
-    data_dir: Path | None = typer.Option(
-        None,
-        "--data-dir",
-        help="Clean test set: cifar-10-batches-py (or its parent) or an ImageFolder tree. "
-        "Default: the cache (~/.cache/robustcli/cifar10).",
-    ),
-    corruptions: str = typer.Option(
-        "all",
-        "--corruptions",
-        "-c",
-        help="common, all, noise, blur, weather, digital, extra or names.",
-    ),
-    severities: str = typer.Option("1-5", "--severities", "-s", help="e.g. 1-5, 3 or 1,3,5."),
-    n_examples: int | None = typer.Option(
-        None,
-        "--n-examples",
-        "-n",
-        help="First N test images (evenly spaced if sorted by class; more than there are: all).",
-        callback=in_range("--n-examples", 1),
-    ),
-    seed: int = typer.Option(
-        0,
-        "--seed",
-        help="Seed of the random corruptions; 0 or more.",
-        callback=in_range("--seed", 0),
-    ),
-    device: str = typer.Option(
-        "auto",
-        "--device",
-        help="auto, cpu, cuda or cuda:N (CPU and GPU draw other random numbers; eval-c "
-        "--generate reproduces a folder on the same kind of device).",
-    ),
-    force: bool = typer.Option(False, "--force", help="Write into a non-empty folder."),
-    progress: bool | None = typer.Option(
-        None,
-        "--progress/--no-progress",
-        help="Progress bar (default: on when stderr is a terminal).",
-    ),
-) -> None:
-    """Write a CIFAR-10-C style folder from the clean test images (the make_cifar_c.py recipe).
-
-    The layout is the official one (Zenodo 2535967): eval-c --cifar-c-dir OUT reads it, and
-    eval-c --generate --seed S evaluates the same images without writing them (same device).
-
-    Examples:
-
-      robust corrupt data/c10c-s0 --data-dir /data/cifar10
-
-      robust corrupt data/noise -c noise -s 3 -n 1000 --seed 1
-    """
-    from robustcli.corruptions import generate_dataset
-    from robustcli.evaluate import (
-        check_seed,
-        clamp_note,
-        load_clean,
-        parse_severities,
-        select_corruptions,
-    )
-    from robustcli.runtime import resolve_device
-
-    names = select_corruptions(corruptions)
-    sevs = parse_severities(severities)
-    check_seed(seed)
-    dev = resolve_device(device)
-    images, labels, subset = load_clean(dataset, data_dir, n_examples, "the images to corrupt")
-    note = clamp_note(n_examples, int(images.shape[0]), "test images")
-    if note is not None:
-        err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
-    path = generate_dataset(
-        images,
-        labels.numpy(),
-        out,
-        names,
-        sevs,
-        seed,
-        sys.stderr.isatty() if progress is None else progress,
-        force=force,
-        device=dev,
-    )
-    err_console.print(
-        f"wrote {len(names)} corruptions x {len(sevs)} severities x {images.shape[0]} images "
-        f"({subset}) to {path} (seed {seed})",
-        highlight=False,
-    )

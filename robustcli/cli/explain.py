@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import typer
 from rich.markup import escape
 
-from robustcli.cli import app
+from robustcli.cli import options as opt
 from robustcli.cli._common import console, err_console, guarded, in_range
 from robustcli.errors import RobustError
-from robustcli.render import FORMATS, check_format, render
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DEFAULT_IMAGES = 8
+DEFAULT_BATCH = 256
 
 
 def _int_list(text: str | None, option: str) -> list[int] | None:
@@ -40,6 +45,8 @@ _METRICS = {
 
 def _by_metric(df: pd.DataFrame) -> pd.DataFrame:
     """One column per model, one row per metric: fits a terminal for two models."""
+    import pandas as pd
+
     rows = [
         {"metric": label, **{str(r["model"]): r[key] for _, r in df.iterrows()}}
         for key, label in _METRICS.items()
@@ -47,7 +54,6 @@ def _by_metric(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, dtype=object)
 
 
-@app.command("explain")
 @guarded
 def explain_command(
     checkpoint: str = typer.Argument(
@@ -59,11 +65,14 @@ def explain_command(
     untrained: bool = typer.Option(
         False, "--untrained", help="Accept registered model names, built with RANDOM weights."
     ),
-    images: int = typer.Option(
-        8,
+    n_examples: int | None = opt.n_examples_option(
+        f"The first N images of the split; default: {DEFAULT_IMAGES}."
+    ),
+    images: int | None = typer.Option(
+        None,
         "--images",
-        "-n",
-        help="Explain the first N images of the split.",
+        hidden=True,
+        help="Old name of --n-examples.",
         callback=in_range("--images", 1),
     ),
     indices: str | None = typer.Option(
@@ -113,27 +122,20 @@ def explain_command(
         help="Object mask: image pixel in [0, 1] above this.",
         callback=in_range("--object-threshold", 0, 1),
     ),
-    dataset: str | None = typer.Option(
-        None,
-        "--dataset",
-        "-d",
-        help="digits, mnist, fashion-mnist, cifar10, imagefolder (default: the checkpoint's; "
-        "embedded digits for --untrained).",
+    dataset: str | None = opt.dataset_option(
+        "Default: the checkpoint's (embedded digits for --untrained)."
     ),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Where the dataset lives."),
+    data_dir: Path | None = opt.data_dir_option(),
     split: str = typer.Option("test", "--split", help="train or test."),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Output folder (default: explain-<run folder or file name>)."
+    out: Path | None = opt.out_option("Default: runs/explain-<run folder or file name>."),
+    force: bool = opt.force_option("Writes into a non-empty --out."),
+    device: str = opt.device_option(),
+    precision: str = opt.precision_option("explain computes Grad-CAM in fp32 (auto is fp32)."),
+    batch_size: int | None = opt.batch_size_option(f"Per Grad-CAM pass; default: {DEFAULT_BATCH}."),
+    fmt: str = opt.format_option(
+        "json: the result document; the localization table (or --list-layers) otherwise."
     ),
-    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    batch_size: int = typer.Option(
-        256, "--batch-size", help="Images per Grad-CAM pass.", callback=in_range("--batch-size", 1)
-    ),
-    fmt: str = typer.Option(
-        "table", "--format", "-f", help=f"Localization table: {', '.join(FORMATS)}."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print the result document as JSON."),
+    as_json: bool = opt.json_option(),
 ) -> None:
     """Grad-CAM heatmaps at the input size, saved as overlays; TD and BU side by side.
 
@@ -143,15 +145,19 @@ def explain_command(
 
     Examples:
 
-      robust explain td.safetensors --vs bu.safetensors --images 8
+      robust explain td.safetensors --vs bu.safetensors -n 8
 
       robust explain td.safetensors --vs bu.safetensors --localization -d mnist
 
       robust explain td-lenetfc --untrained --list-layers
     """
+    fmt = opt.output_format(fmt, as_json)
+    opt.fp32_only(precision, "explain", "Grad-CAM gradients")
+    if images is not None and n_examples is not None and images != n_examples:
+        raise RobustError(f"--images {images} and --n-examples {n_examples}: give one of them")
     from robustcli import explain as ex
+    from robustcli.render import render
 
-    check_format(fmt)
     if list_layers:
         # load both before printing anything: a bad --vs must fail with one line, not half a table
         loaded = [ex.load_explain_model(r, untrained=untrained) for r in (checkpoint, vs) if r]
@@ -171,7 +177,7 @@ def explain_command(
 
     ref = Path(checkpoint)
     run_name = ref.parent.name if ref.name == "model.safetensors" else ref.stem
-    out_dir = out if out is not None else Path(f"explain-{run_name or 'model'}")
+    out_dir = out if out is not None else Path("runs") / f"explain-{run_name or 'model'}"
     report = ex.run_explain(
         checkpoint,
         vs=vs,
@@ -179,7 +185,7 @@ def explain_command(
         dataset=dataset,
         data_dir=data_dir,
         split=split,
-        images=images,
+        images=n_examples or images or DEFAULT_IMAGES,
         indices=_int_list(indices, "--indices"),
         layer=layer,
         vs_layer=vs_layer,
@@ -194,13 +200,13 @@ def explain_command(
         out=out_dir,
         force=force,
         device=device,
-        batch_size=batch_size,
+        batch_size=batch_size or DEFAULT_BATCH,
     )
     # warnings (an --untrained model's random weights among them) come after the work, so that a
     # bad input fails with its one error line alone
     for w in report.warnings:
         err_console.print(f"[bold yellow]WARNING: {escape(w)}[/]", highlight=False, soft_wrap=True)
-    if as_json:
+    if fmt == "json":
         typer.echo(json.dumps(ex.jsonable(report.document), indent=2))
         return
     if report.localization is not None:

@@ -6,24 +6,19 @@ import json
 
 import typer
 
-from robustcli.cli import app
+from robustcli.cli import options as opt
 from robustcli.cli._common import console, guarded
 from robustcli.errors import RobustError
-from robustcli.render import FORMATS, check_format, render
-from robustcli.zoo import models_table
 
 
-@app.command("models")
 @guarded
 def models_command(
     pattern: str = typer.Argument(
         "*",
         help="Shell-style filter on names ('td-*', '*resnet20'); plain text matches anywhere.",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (a list of model records)."),
-    fmt: str = typer.Option(
-        "table", "--format", "-f", help=f"Output format: {', '.join(FORMATS)}."
-    ),
+    fmt: str = opt.format_option("json: a list of model records."),
+    as_json: bool = opt.json_option(),
     macs: bool = typer.Option(True, "--macs/--no-macs", help="Count MACs (runs one forward each)."),
 ) -> None:
     """List registered models with parameter counts, MACs and their source paper/table.
@@ -36,12 +31,13 @@ def models_command(
 
       robust models resnet20 --json  # machine-readable
     """
-    check_format(fmt)  # before counting MACs: a typo costs nothing
+    fmt = opt.output_format(fmt, as_json)  # before counting MACs: a typo costs nothing
+    from robustcli.render import render
+    from robustcli.zoo import models_table
+
     df = models_table(pattern, macs=macs)
     if df.empty:
         raise RobustError(f"no model matches {pattern!r}: run `robust models` to see all names")
-    if as_json:
-        fmt = "json"
     if fmt == "json":
         typer.echo(json.dumps(df.to_dict(orient="records"), indent=2))
         return
