@@ -23,4 +23,4 @@ for seed in $seeds; do
     -d mnist --data-dir "$data" -n "$n" -a "$attacks" --repeats 3 --seed "$seed" -o "$out" \
     --no-progress
 done
-python "$(dirname "$0")/summarize_paper_b.py" "${dirs[@]}" --out "$runs/summary-$td-e$epochs-n$n-$tag"
+[ -n "${NO_SUMMARY:-}" ] || python "$(dirname "$0")/summarize_paper_b.py" "${dirs[@]}" --out "$runs/summary-$td-e$epochs-n$n-$tag"
