@@ -18,7 +18,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -386,16 +386,6 @@ def _attack_sort(names: Sequence[str]) -> list[str]:
         return (attacks.index(a), order.get(metric, 5), 0.0)
 
     return sorted(names, key=key)
-
-
-def unique_label(label: str, taken: Iterable[str]) -> str:
-    taken = set(taken)
-    if label not in taken:
-        return label
-    i = 2
-    while f"{label} #{i}" in taken:
-        i += 1
-    return f"{label} #{i}"
 
 
 def metrics_frame(

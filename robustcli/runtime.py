@@ -215,12 +215,6 @@ def default_channels_last(device: torch.device) -> bool:
     return device.type in ("cuda", "cpu")
 
 
-def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    if channels_last and x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
 def prepare_model(
     model: nn.Module,
     device: torch.device,

@@ -17,10 +17,13 @@ from robustcli.data import (
     DeviceBatches,
     adapt_images,
     dataset_info,
+    imagefolder,
     input_adapter,
     load_dataset,
     normalize,
 )
+from robustcli.data import idx as idx_files
+from robustcli.data import torchvision as tv_files
 from robustcli.errors import DataError
 from robustcli.runtime import DistInfo
 
@@ -112,7 +115,7 @@ def test_imagefolder_decoded_once_into_cache(tmp_path, cache, monkeypatch):
     def no_decode(*args, **kwargs):
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(data, "_decode", no_decode)
+    monkeypatch.setattr(imagefolder, "_decode", no_decode)
     x2, y2 = load_dataset("imagefolder", "train", tmp_path / "tree")
     assert torch.equal(x2, x) and torch.equal(y2, y)
 
@@ -275,7 +278,7 @@ def no_download(monkeypatch):
     def download(*args, **kwargs):
         raise AssertionError("torchvision / a download was attempted although files are present")
 
-    monkeypatch.setattr(data, "_load_torchvision", download)
+    monkeypatch.setattr(tv_files, "load_torchvision", download)
 
 
 def _mnist_tree(root: Path, gz: bool, n_train: int = 7, n_test: int = 3) -> dict[str, tuple]:
@@ -291,7 +294,7 @@ def _mnist_tree(root: Path, gz: bool, n_train: int = 7, n_test: int = 3) -> dict
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
 def test_idx_files_load_without_download(tmp_path, monkeypatch, no_download, gz):
-    monkeypatch.setattr(data, "_IDX_MD5", {})  # synthetic files: no official checksums
+    monkeypatch.setattr(idx_files, "_IDX_MD5", {})  # synthetic files: no official checksums
     truth = _mnist_tree(tmp_path, gz)
     for split in ("train", "test"):
         x, y = load_dataset("mnist", split, tmp_path)
@@ -319,7 +322,7 @@ def _one_line_error(call) -> str:
 def test_damaged_idx_files_are_one_line_errors(tmp_path, monkeypatch, no_download, gz):
     import gzip
 
-    monkeypatch.setattr(data, "_IDX_MD5", {})
+    monkeypatch.setattr(idx_files, "_IDX_MD5", {})
     _mnist_tree(tmp_path, gz)
     raw = tmp_path / "MNIST" / "raw"
     suffix = ".gz" if gz else ""
@@ -365,18 +368,18 @@ def test_idx_md5_official_or_not(tmp_path, monkeypatch, no_download):
     }
     official = {k: hashlib.md5(v).hexdigest() for k, v in content.items()}
     # checked by the decompressed contents: the re-compressed archive still counts as official
-    monkeypatch.setattr(data, "_IDX_MD5", {"mnist": official})
+    monkeypatch.setattr(idx_files, "_IDX_MD5", {"mnist": official})
     x, y = load_dataset("mnist", "test", tmp_path)
     assert y.tolist() == truth["test"][1].tolist()
     other = {**official, "t10k-labels-idx1-ubyte": "0" * 32}
-    monkeypatch.setattr(data, "_IDX_MD5", {"mnist": other})
+    monkeypatch.setattr(idx_files, "_IDX_MD5", {"mnist": other})
     msg = _one_line_error(lambda: load_dataset("mnist", "test", tmp_path))
     assert "t10k-labels-idx1-ubyte.gz is not the official file" in msg
     assert official["t10k-labels-idx1-ubyte"] in msg
 
 
 def test_unreadable_idx_files(tmp_path, monkeypatch, no_download):
-    monkeypatch.setattr(data, "_IDX_MD5", {})
+    monkeypatch.setattr(idx_files, "_IDX_MD5", {})
     _mnist_tree(tmp_path, gz=True)
     raw = tmp_path / "MNIST" / "raw"
     images = raw / "t10k-images-idx3-ubyte.gz"
@@ -412,3 +415,64 @@ def test_real_mnist_loads():
         x, y = load_dataset("mnist", split, root)  # MD5 of the decompressed files checked
         assert x.shape == (n, 1, 28, 28) and x.dtype == torch.uint8
         assert sorted(torch.unique(y).tolist()) == list(range(10))
+
+
+def test_one_dataset_registry_feeds_every_reader():
+    """Names, shapes, normalisation, classes, default augmentation and download folders all
+    come from model_zoo.yaml's datasets (plus the built-in imagefolder), and agree with the
+    model registry's reading of the same section."""
+    from robustcli.data import DEFAULT_AUGMENT, dataset_entry, dataset_names
+    from robustcli.registry import get_dataset_spec
+
+    assert dataset_names() == ["cifar10", "digits", "fashion-mnist", "imagefolder", "mnist"]
+    for name in dataset_names():
+        entry = dataset_entry(name)
+        if name == "imagefolder":
+            assert entry.loader == "imagefolder" and entry.input_shape is None
+            continue
+        spec, info = get_dataset_spec(name), dataset_info(name)
+        assert (info.input_shape, info.num_classes, info.mean, info.std) == (
+            spec.input_shape,
+            spec.num_classes,
+            spec.mean,
+            spec.std,
+        )
+        assert len(info.classes) == info.num_classes
+    assert dict(DEFAULT_AUGMENT) == {
+        "cifar10": "crop+flip",
+        "digits": "crop",
+        "fashion-mnist": "none",
+        "imagefolder": "crop+flip",
+        "mnist": "none",
+    }
+    assert dataset_info("cifar10").classes[:2] == ("airplane", "automobile")
+    assert dataset_info("fashion-mnist").classes[-1] == "Ankle boot"
+    assert dataset_info("mnist").classes == tuple(str(i) for i in range(10))
+    assert dataset_entry("cifar10").download.folder == "cifar-10-batches-py"
+    assert dataset_entry("mnist").download.md5["t10k-labels-idx1-ubyte"].startswith("27ae3e4e")
+    assert dataset_entry("digits").download is None
+    with pytest.raises(DataError, match="unknown dataset 'svhn': choose one of cifar10, digits"):
+        dataset_entry("svhn")
+
+
+def test_a_malformed_registry_entry_is_named():
+    from robustcli.data.registry import _entry
+    from robustcli.errors import RobustError
+
+    good = {
+        "input_shape": [1, 8, 8],
+        "num_classes": 2,
+        "mean": [0.5],
+        "std": [0.25],
+        "augment": "crop",
+        "loader": "embedded",
+    }
+    assert _entry("ok", good).classes == ("0", "1")
+    with pytest.raises(RobustError, match="'bad': augment 'zoom' is not one of"):
+        _entry("bad", {**good, "augment": "zoom"})
+    with pytest.raises(RobustError, match="idx/torchvision needs a download entry"):
+        _entry("bad", {**good, "loader": "idx"})
+    with pytest.raises(RobustError, match="3 classes for num_classes 2"):
+        _entry("bad", {**good, "classes": ["a", "b", "c"]})
+    with pytest.raises(RobustError, match="'bad' is malformed"):
+        _entry("bad", {k: v for k, v in good.items() if k != "mean"})

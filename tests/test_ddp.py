@@ -16,11 +16,6 @@ tolerance, 1e-9 on every weight and buffer, separates a correct implementation f
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -58,23 +53,8 @@ save_file(state, os.path.join(out, "rank%s.safetensors" % os.environ["RANK"]))
 
 
 @pytest.mark.ddp
-def test_two_gloo_processes_match_one_process(tmp_path):
-    script = tmp_path / "ddp_train.py"
-    script.write_text(textwrap.dedent(SCRIPT.format(kw=KW)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(script),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+def test_two_gloo_processes_match_one_process(tmp_path, torchrun):
+    proc = torchrun(SCRIPT.format(kw=KW), tmp_path, name="ddp_train.py", timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     before = torch.get_num_threads()

@@ -12,9 +12,6 @@ import glob
 import importlib.util
 import json
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -554,27 +551,11 @@ with open(os.path.join(out, "rank%s.json" % os.environ["RANK"]), "w") as fh:
 
 
 @pytest.mark.ddp
-def test_two_gloo_ranks_match_one_process(workspace, tmp_path, monkeypatch):
+def test_two_gloo_ranks_match_one_process(workspace, tmp_path, monkeypatch, torchrun):
     from robustcli.evaluate import run_eval_c
 
     monkeypatch.setenv("ROBUSTCLI_CACHE", str(tmp_path / "cache"))
-    script = tmp_path / "ddp_eval.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(script),
-        str(workspace),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    proc = torchrun(DDP_SCRIPT, workspace, tmp_path, name="ddp_eval.py", timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     single = run_eval_c(
         workspace / "ckpts" / "resnet20",

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from robustcli import data
 from robustcli.checkpoint import save_checkpoint
 from robustcli.cli import app, main
-from robustcli.data import dataset_info, load_dataset
+from robustcli.data import dataset_info, imagefolder, load_dataset
 from robustcli.errors import DataError, RobustError
 from robustcli.evaluate import load_clean, run_eval_c
 from robustcli.registry import create_model, get_dataset_spec, resolve_config
@@ -146,7 +146,7 @@ def test_an_all_grey_tree_stays_grey_and_the_layout_is_cached(tmp_path, monkeypa
     def no_probe(path):
         raise AssertionError("the layout was probed again instead of read from the cache")
 
-    monkeypatch.setattr(data, "_probe_mode", no_probe)
+    monkeypatch.setattr(imagefolder, "_probe_mode", no_probe)
     assert data.imagefolder_layout(root) == (list(CLASSES), 1)
 
 
@@ -205,14 +205,14 @@ def test_unreadable_folders_and_files_are_one_line_errors(tmp_path, monkeypatch,
     msg = _one_line(err)
     assert str(denied_dir) in msg and "Permission denied" in msg
 
-    real_decode = data._decode
+    real_decode = imagefolder._decode
 
     def decode(path, mode):
         if path.name == "img1.png":
             raise PermissionError(13, "Permission denied", str(path))
         return real_decode(path, mode)
 
-    monkeypatch.setattr(data, "_decode", decode)
+    monkeypatch.setattr(imagefolder, "_decode", decode)
     x, _ = load_dataset("imagefolder", "test", root)
     assert x.shape[0] == 9  # one file per class skipped
     assert "img1.png (Permission denied)" in capsys.readouterr().err

@@ -259,7 +259,7 @@ T.train("resnet20", out=sys.argv[1], **kw)
 """
 
 
-def test_resume_after_kill_9_equals_uninterrupted(tmp_path):
+def test_resume_after_kill_9_equals_uninterrupted(tmp_path, child_env):
     """A separate process is SIGKILLed in the middle of a step of epoch 2 (its data order drawn,
     half of its updates done); resuming here from the epoch-1 checkpoint gives bit-for-bit the
     weights of an uninterrupted run (same seed, CPU, one thread)."""
@@ -273,9 +273,8 @@ def test_resume_after_kill_9_equals_uninterrupted(tmp_path):
     script = tmp_path / "victim.py"
     script.write_text(KILL_SCRIPT.format(kw=kw))
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     in_step = tmp_path / "in-step"
-    proc = subprocess.Popen([sys.executable, str(script), str(out), str(in_step)], env=env)
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(in_step)], env=child_env)
     try:
         deadline = time.time() + 120
         while not in_step.exists() and time.time() < deadline:
