@@ -20,6 +20,7 @@ from robustcli.cli.eval_c import eval_c_command
 from robustcli.cli.explain import explain_command
 from robustcli.cli.models import models_command
 from robustcli.cli.quickstart import quickstart_command
+from robustcli.cli.study import study_command
 from robustcli.cli.train import train_command
 
 __all__ = ["app", "main"]
@@ -32,21 +33,10 @@ for _name, _command in (
     ("attack", attack_command),
     ("explain", explain_command),
     ("compare", compare_command),
+    ("study", study_command),
     ("models", models_command),
 ):
     app.command(_name)(_command)
-
-
-def _register_study() -> None:
-    # robustcli/cli/study.py still registers itself with @app.command (it imports `app` from
-    # here, which is bound by now); once it defines a plain study_command, register it here.
-    from robustcli.cli import study
-
-    if not any(c.name == "study" for c in app.registered_commands):
-        app.command("study")(study.study_command)
-
-
-_register_study()
 
 
 def main() -> None:
