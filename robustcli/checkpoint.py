@@ -185,14 +185,14 @@ def save_checkpoint(
     from safetensors.torch import save
 
     if backbone is None:
-        from robustcli.registry import get_model_spec
+        from robustcli.models.registry import get_model_spec
 
         backbone = get_model_spec(model_name).backbone
     tensors = _plain_tensors(model_state(model))
     mean = [float(v) for v in normalization["mean"]]
     std = [float(v) for v in normalization["std"]]
     if input is None:  # identity at the zoo's input size when the model is in the zoo
-        from robustcli.registry import get_model_spec
+        from robustcli.models.registry import get_model_spec
 
         c = int(config.get("in_channels", len(mean)))
         try:
@@ -515,7 +515,7 @@ def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
 def _build(path: Path, name: str, backbone: str, config: Mapping[str, Any]) -> nn.Module:
     """``build_from_config`` with any failure of the builder reported as the file's fault:
     the config comes from the checkpoint, so a builder that chokes on it means a bad file."""
-    from robustcli.registry import build_from_config
+    from robustcli.models.registry import build_from_config
 
     try:
         return build_from_config(backbone, config)
@@ -533,7 +533,7 @@ def _probe_shape(ck: Checkpoint) -> tuple[int, int, int] | None:
     c, h, w = ck.input.target_shape
     if h and w:
         return c, h, w
-    from robustcli.registry import get_model_spec
+    from robustcli.models.registry import get_model_spec
 
     try:
         return (c, *get_model_spec(ck.name).input_shape[1:])  # type: ignore[return-value]
@@ -828,7 +828,7 @@ def import_state_dict(
     """
     from robustcli.data import dataset_info
     from robustcli.io import check_output
-    from robustcli.registry import create_model, get_model_spec, resolve_config
+    from robustcli.models.registry import create_model, get_model_spec, resolve_config
 
     spec = get_model_spec(model_name)
     config = resolve_config(model_name, **dict(overrides or {}))

@@ -109,8 +109,8 @@ CANONICAL = _canonical()
 
 def test_every_command_is_registered_in_order():
     assert list(_commands()) == [
-        "quickstart", "train", "eval-c", "corrupt", "attack", "explain", "compare", "models",
-        "study",
+        "quickstart", "train", "eval-c", "corrupt", "attack", "explain", "compare", "study",
+        "models",
     ]  # fmt: skip
 
 

@@ -262,7 +262,7 @@ def test_bad_config_is_refused_before_building(original, tmp_path, config, match
 def test_a_small_file_cannot_make_it_allocate_a_huge_model(tmp_path, monkeypatch):
     """Config asks for a ResNet-20 with 100k classes; the file holds a 10-class one. The
     shape check runs on the meta device: no real tensor is ever created for the big model."""
-    from robustcli import registry
+    from robustcli.models import registry
 
     model = create_model("resnet20")
     p = tmp_path / "r.safetensors"

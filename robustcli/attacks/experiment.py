@@ -1,6 +1,6 @@
 """What `robust attack` does, as library calls: load models and data, run, write.
 
-``load_attack_model`` (a checkpoint, or a registry name with ``untrained=True``),
+``load_attack_model`` (any model reference, through ``robustcli.models.load_model``),
 ``load_attack_data`` (a dataset's test split, or the real test images that Foolbox ships),
 ``run_experiment`` (every model x branch x attack, the worst case, paper B's branch transfer)
 and ``write_experiment`` (JSON, CSVs, figure).
@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from robustcli.attacks.metrics import default_epsilons, samples_frame, summary_frame
 from robustcli.attacks.registry import attack_params
@@ -37,45 +36,19 @@ from robustcli.attacks.runner import (
     run_attack,
     worst_case,
 )
-from robustcli.attacks.target import BRANCHES, AttackTarget, is_topdown
+from robustcli.attacks.target import BRANCHES, AttackTarget
 from robustcli.errors import DataError, RobustError
-from robustcli.io import file_sha256, output_lock
+from robustcli.io import output_lock
+from robustcli.models.loaded import LoadedModel
 
 #: Foolbox's bundled sample sets (``foolbox/data/<set>_<index>_<label>.png``, 20 each: the first
 #: 20 test images of each dataset) for the datasets of model_zoo.yaml.
 FOOLBOX_SAMPLES = {"cifar10": "cifar10", "mnist": "mnist", "fashion-mnist": "fashionMNIST"}
 
 
-@dataclass
-class AttackModel:
-    """A model ready to attack, with where it came from."""
-
-    model: nn.Module
-    name: str
-    label: str
-    dataset: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    input_shape: tuple[int, int, int]
-    provenance: dict[str, Any]
-    adapter: Any = None  # robustcli.data.InputAdapter of the checkpoint, if any
-
-    @property
-    def topdown(self) -> bool:
-        return is_topdown(self.model)
-
-
-def _input_shape(model_name: str, config: Mapping[str, Any], adapter: Any) -> tuple[int, int, int]:
-    if adapter is not None and all(adapter.target_shape):
-        return tuple(int(v) for v in adapter.target_shape)  # type: ignore[return-value]
-    from robustcli.registry import get_model_spec
-
-    try:
-        shape = get_model_spec(model_name).input_shape
-    except RobustError:
-        raise RobustError(f"cannot tell the input size of {model_name!r}") from None
-    c = int(config.get("in_channels", shape[0]))
-    return (c, int(shape[1]), int(shape[2]))
+#: the model type attacks work on: ``robustcli.models.LoadedModel`` (``provenance`` is its
+#: ``record()``, ``topdown`` its TD contract); the old name is kept for callers
+AttackModel = LoadedModel
 
 
 def load_attack_model(
@@ -84,73 +57,36 @@ def load_attack_model(
     *,
     untrained: bool = False,
     device: str | torch.device = "cpu",
-) -> AttackModel:
-    """The model to attack: ``checkpoint`` (a ``model.safetensors`` or its run folder), or the
-    registry model ``model`` with random weights, which needs ``untrained=True``: attacking an
-    untrained model measures nothing, so it is refused unless asked for (a smoke test)."""
-    if checkpoint is not None:
-        from robustcli.checkpoint import load_checkpoint
+    dataset: str | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+) -> LoadedModel:
+    """The model to attack (``robustcli.models.load_model``): ``checkpoint`` (a
+    ``model.safetensors`` or its run folder; ``model``, if also given, must be the name it
+    holds), else the reference ``model`` (a path, a registry name with stored weights, or
+    ``package.module:factory`` with ``dataset``). A registry name without stored weights needs
+    ``untrained=True``: attacking random weights measures nothing, so it is only a smoke test."""
+    from robustcli.models import load_model
 
-        ck = load_checkpoint(checkpoint, device=device)
-        if model is not None and model != ck.name:
-            raise RobustError(
-                f"{checkpoint} holds {ck.name!r}, not {model!r}: drop --model or pass a "
-                f"checkpoint of {model}"
-            )
-        path = Path(ck.path or checkpoint)
-        return AttackModel(
-            model=ck.model,
-            name=ck.name,
-            label=ck.name,
-            dataset=ck.dataset,
-            mean=tuple(ck.mean),
-            std=tuple(ck.std),
-            input_shape=_input_shape(ck.name, ck.config, ck.input),
-            adapter=ck.input,
-            provenance={
-                "name": ck.name,
-                "checkpoint": str(path),
-                "sha256": file_sha256(path),
-                **ck.integrity_record(),  # verified: false for legacy / unverified files
-                "dataset": ck.dataset,
-                "normalization": ck.normalization,
-                "input": ck.input.to_dict(),
-                "trained": {k: ck.meta[k] for k in ("recipe", "epochs", "seed") if k in ck.meta},
-            },
-        )
-    if model is None:
-        raise RobustError("no model given: pass --checkpoint PATH (and optionally --model NAME)")
-    from robustcli.registry import create_model, get_dataset_spec, get_model_spec
-
-    spec = get_model_spec(model)
-    if not untrained:
+    if checkpoint is None and model is None:
         raise RobustError(
-            f"no --checkpoint for {model}: an untrained (randomly initialised) model says "
-            "nothing about robustness; pass --checkpoint PATH, or --untrained for a smoke test"
+            "no model given: pass MODEL (a checkpoint, run folder, registry name or "
+            "package.module:factory)"
         )
-    torch.manual_seed(0)
-    net = create_model(model).to(device).eval()
-    ds = get_dataset_spec(spec.dataset)
-    c = spec.input_shape[0]
-    mean = ds.mean if len(ds.mean) == c else (ds.mean[0],) * c
-    std = ds.std if len(ds.std) == c else (ds.std[0],) * c
-    return AttackModel(
-        model=net,
-        name=model,
-        label=f"{model} (untrained)",
-        dataset=spec.dataset,
-        mean=tuple(mean),
-        std=tuple(std),
-        input_shape=tuple(spec.input_shape),  # type: ignore[arg-type]
-        provenance={
-            "name": model,
-            "checkpoint": None,
-            "sha256": "untrained",
-            "init_seed": 0,
-            "dataset": spec.dataset,
-            "normalization": {"mean": list(mean), "std": list(std)},
-        },
+    ref = checkpoint if checkpoint is not None else model
+    assert ref is not None
+    lm = load_model(
+        ref,
+        untrained=untrained,
+        dataset=dataset,
+        checkpoint_dir=checkpoint_dir,
+        device=device,
     )
+    if checkpoint is not None and model is not None and model != lm.name:
+        raise RobustError(
+            f"{checkpoint} holds {lm.name!r}, not {model!r}: drop --model or pass a "
+            f"checkpoint of {model}"
+        )
+    return lm
 
 
 def foolbox_samples(dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,59 +242,31 @@ def run_experiment(
     eps = list(epsilons) if epsilons else default_epsilons(models[0].input_shape)
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
+    targets, notes = _targets(models, branches, device)
     groups: list[tuple[AttackTarget, list[AttackOutcome]]] = []
-    notes: list[str] = []
-    labels = [m.label for m in models]
-    for m in models:
-        label = m.label if labels.count(m.label) == 1 else f"{m.label} #{models.index(m) + 1}"
-        own = [b for b in branches if m.topdown] or ["all"]
-        if not m.topdown and any(b != "all" for b in branches):
-            notes.append(f"{label} is not top-down: attacked on its single input (branch all)")
-        for branch in own:
-            target = AttackTarget(m.model, m.mean, m.std, m.name, branch, device)
-            target.label = label if branch == "all" else f"{label} [{branch}]"
-            # adversarial images are kept only where the branch transfer needs them
-            keep = m.topdown and branch == "all"
-            group = []
-            for a in attacks:
-                o = run_attack(
-                    target,
-                    a,
-                    data.images,
-                    data.labels,
-                    params=params.get(a),
-                    repeats=repeats,
-                    batch_size=batch_size,
-                    seed=seed,
-                    max_seconds=max_seconds,
-                    progress=progress,
-                    keep_adversarials=keep,
-                )
-                group.append(o)
-                if finished is not None:
-                    finished(o)
-            groups.append((target, group))
-
-    # one attack set for every worst case: the attacks cut nowhere
-    common = complete_attacks([g for _, g in groups])
-    reasons: dict[str, str] = {}
-    for _, g in groups:
-        for o in g:
-            if o.n_cut and o.attack not in reasons:
-                reasons[o.attack] = f"{o.n_cut} of {int(o.clean_correct.sum())} cut on {o.label}"
-    outcomes: list[AttackOutcome] = []
-    transfer_rows: list[dict[str, Any]] = []
-    for target, group in groups:
-        if len(group) > 1:
-            group.append(worst_case(group, include=common, reasons=reasons))
-        if target.topdown and target.branch == "all":
-            for o in group:
-                accs = branch_transfer(target, o, data.images)
-                if accs:
-                    transfer_rows.append({"model": target.label, "attack": o.attack, **accs})
-        for o in group:
-            o.adversarials = None  # the document keeps distances, not images
-        outcomes.extend(group)
+    for target in targets:
+        # adversarial images are kept only where the branch transfer needs them
+        keep = target.topdown and target.branch == "all"
+        group = []
+        for a in attacks:
+            o = run_attack(
+                target,
+                a,
+                data.images,
+                data.labels,
+                params=params.get(a),
+                repeats=repeats,
+                batch_size=batch_size,
+                seed=seed,
+                max_seconds=max_seconds,
+                progress=progress,
+                keep_adversarials=keep,
+            )
+            group.append(o)
+            if finished is not None:
+                finished(o)
+        groups.append((target, group))
+    outcomes, transfer_rows, common = _combine(groups, data.images)
     seconds = time.perf_counter() - t0
     left_out = [a for a in attacks if a not in common]
     config = {
@@ -386,6 +294,54 @@ def run_experiment(
         command=command,
     )
     return AttackRun(outcomes, eps, doc, pd.DataFrame(transfer_rows))
+
+
+def _targets(
+    models: Sequence[AttackModel], branches: Sequence[str], device: str | torch.device
+) -> tuple[list[AttackTarget], list[str]]:
+    """What is attacked: each TD model through each of ``branches``, other models whole (with a
+    note when branches were asked for); labels made unique (``#2``) where models share one."""
+    targets: list[AttackTarget] = []
+    notes: list[str] = []
+    labels = [m.label for m in models]
+    for i, m in enumerate(models):
+        label = m.label if labels.count(m.label) == 1 else f"{m.label} #{i + 1}"
+        own = [b for b in branches if m.topdown] or ["all"]
+        if not m.topdown and any(b != "all" for b in branches):
+            notes.append(f"{label} is not top-down: attacked on its single input (branch all)")
+        for branch in own:
+            target = AttackTarget(m.model, m.mean, m.std, m.name, branch, device)
+            target.label = label if branch == "all" else f"{label} [{branch}]"
+            targets.append(target)
+    return targets, notes
+
+
+def _combine(
+    groups: list[tuple[AttackTarget, list[AttackOutcome]]], images: torch.Tensor
+) -> tuple[list[AttackOutcome], list[dict[str, Any]], list[str]]:
+    """Every target's outcomes plus its worst case over the attacks cut nowhere (one attack set
+    for all worst cases), and the branch transfer rows of TD models attacked whole. Returns the
+    outcomes (adversarial images dropped), the transfer rows and that attack set."""
+    common = complete_attacks([g for _, g in groups])
+    reasons: dict[str, str] = {}
+    for _, g in groups:
+        for o in g:
+            if o.n_cut and o.attack not in reasons:
+                reasons[o.attack] = f"{o.n_cut} of {int(o.clean_correct.sum())} cut on {o.label}"
+    outcomes: list[AttackOutcome] = []
+    transfer_rows: list[dict[str, Any]] = []
+    for target, group in groups:
+        if len(group) > 1:
+            group.append(worst_case(group, include=common, reasons=reasons))
+        if target.topdown and target.branch == "all":
+            for o in group:
+                accs = branch_transfer(target, o, images)
+                if accs:
+                    transfer_rows.append({"model": target.label, "attack": o.attack, **accs})
+        for o in group:
+            o.adversarials = None  # the document keeps distances, not images
+        outcomes.extend(group)
+    return outcomes, transfer_rows, common
 
 
 def write_experiment(

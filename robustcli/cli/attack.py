@@ -20,6 +20,7 @@ DEFAULT_BATCH = 128
 if TYPE_CHECKING:
     from robustcli.attacks.experiment import AttackModel, AttackRun
     from robustcli.attacks.runner import AttackOutcome
+    from robustcli.models import ModelRef
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -95,27 +96,23 @@ class _RichProgress:
 
 @guarded
 def attack_command(
-    ref: str | None = typer.Argument(
-        None,
-        metavar="MODEL",
-        help="The model: model.safetensors, its run folder, or a registry name (untrained: "
-        "needs --untrained); or give --model / --checkpoint.",
-        show_default=False,
-    ),
+    ref: str | None = opt.model_argument("attack: or give it as --model.", required=False),
     model: str | None = typer.Option(
         None,
         "--model",
         "-m",
-        help="Registry name (`robust models`); taken from --checkpoint if omitted.",
+        metavar="MODEL",
+        help="Same as the MODEL argument (with the old --checkpoint: the name it must hold).",
     ),
     checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", "-c", help="model.safetensors or its run folder (robust train --out)."
-    ),
-    vs: str | None = typer.Option(
         None,
-        "--vs",
-        help="A second model to compare (paper B: the BU baseline): a checkpoint path, or a "
-        "registry name (untrained: needs --untrained).",
+        "--checkpoint",
+        "-c",
+        hidden=True,
+        help="Old spelling of the MODEL argument for checkpoints and run folders.",
+    ),
+    vs: list[str] | None = opt.vs_option(
+        "Repeatable; paper B compares each TD model with its BU baseline."
     ),
     attacks: str = typer.Option(
         "paper-b",
@@ -147,7 +144,8 @@ def attack_command(
     ),
     out: Path | None = opt.out_option("Default: runs/attack-<model>[-vs-<model>]."),
     dataset: str | None = opt.dataset_option(
-        "Default: the model's dataset, from the real test images Foolbox ships (no download)."
+        "Default: the model's dataset, from the real test images Foolbox ships (no download). "
+        "A package.module:factory model needs it (its input shape and normalisation)."
     ),
     data_dir: Path | None = opt.data_dir_option(),
     param: list[str] | None = typer.Option(
@@ -168,9 +166,8 @@ def attack_command(
     precision: str = opt.precision_option(
         "attack computes in fp32 (minimal perturbations need exact gradients; auto is fp32)."
     ),
-    untrained: bool = typer.Option(
-        False, "--untrained", help="Allow attacking randomly initialised weights (smoke tests)."
-    ),
+    untrained: bool = opt.untrained_option(),
+    checkpoint_dir: Path | None = opt.checkpoint_dir_option(),
     force: bool = opt.force_option(),
     progress: str = opt.progress_option("plain: one line per finished attack run."),
     no_progress: bool = opt.no_progress_option(),
@@ -191,10 +188,12 @@ def attack_command(
     \b
     Examples:
       robust attack runs/td-nin --vs runs/bu-nin
-      robust attack -m td-nin -c runs/td-nin --vs runs/bu-nin
-      robust attack -c runs/td-nin -d cifar10 --data-dir ~/data/cifar10 -n 1000 --max-seconds 600
-      robust attack -c runs/td-nin-light --branch high,mid,low -a gaussian,pointwise
-      robust attack -c runs/r20 -a ddn,deepfool,cw,fmn,pgd -p cw.steps=1000
+      robust attack --model td-nin --vs bu-nin    (stored weights, see --checkpoint-dir)
+      robust attack td-nin --untrained -n 20 -a contrast    (random weights: a smoke test)
+      robust attack runs/td-nin -d cifar10 --data-dir ~/data/cifar10 -n 1000 --max-seconds 600
+      robust attack runs/td-nin-light --branch high,mid,low -a gaussian,pointwise
+      robust attack runs/r20 -a ddn,deepfool,cw,fmn,pgd -p cw.steps=1000
+      robust attack mypkg.nets:build -d cifar10 -n 20
       robust attack --list
     """
     if list_:
@@ -202,7 +201,9 @@ def attack_command(
         return
     fmt = opt.output_format(fmt, as_json)
     opt.fp32_only(precision, "attack", "minimal perturbations need exact gradients")
-    model, checkpoint = _model_ref(ref, model, checkpoint)
+    reference, expected = _model_ref(ref, model, checkpoint)
+    # every reference resolved before torch and Foolbox load: a typo fails at once
+    refs = _resolve(reference, vs or [], untrained, checkpoint_dir)
     seed = opt.seed_or_default(seed)
     batch_size = batch_size or DEFAULT_BATCH
     mode = opt.progress_mode(progress, no_progress)
@@ -223,15 +224,15 @@ def attack_command(
         raise RobustError(f"--batch-size must be at least 1, got {batch_size}")
     dev = resolve_device(device)
 
-    models = _load_models(model, checkpoint, vs, untrained, dev)
+    models = _load_models(refs, expected, dataset, dev)
     first = models[0]
     if out is None:
-        out = Path("runs") / (
-            f"attack-{first.name}" + (f"-vs-{models[1].name}" if len(models) > 1 else "")
-        )
+        out = Path("runs") / "-vs-".join([f"attack-{first.slug}", *(m.slug for m in models[1:])])
     check_outputs(out, force)  # before any work
+    if first.kind == "user" and data_dir is None:
+        dataset = None  # its --dataset was the model's: the Foolbox samples of it, as for others
     for m in models:
-        if m.provenance.get("sha256") == "untrained":
+        if m.untrained:
             err_console.print(
                 f"[bold yellow]warning:[/] attacking {m.name} with random weights (--untrained): "
                 "the numbers say nothing about the architecture's robustness",
@@ -298,19 +299,36 @@ def _attacks_and_params(
     return names, params
 
 
-def _load_models(
-    model: str | None, checkpoint: Path | None, vs: str | None, untrained: bool, dev: Any
-) -> list[AttackModel]:
-    """The attacked model, then the --vs one (a path is a checkpoint, else a registry name)."""
-    from robustcli.attacks.experiment import load_attack_model
+def _resolve(
+    reference: str | None, vs: list[str], untrained: bool, checkpoint_dir: Path | None
+) -> list[ModelRef]:
+    """MODEL, then each --vs, resolved (robustcli.models.resolve_reference; nothing loaded)."""
+    from robustcli.models import resolve_reference
 
-    models = [load_attack_model(model, checkpoint, untrained=untrained, device=dev)]
-    if vs is not None:
-        p = Path(vs).expanduser()
-        if p.exists() or vs.endswith(".safetensors") or "/" in vs:
-            models.append(load_attack_model(None, p, device=dev))
-        else:
-            models.append(load_attack_model(vs, None, untrained=untrained, device=dev))
+    if reference is None:
+        raise RobustError(
+            "no model given: pass MODEL (a checkpoint, run folder, registry name or "
+            "package.module:factory), e.g. robust attack runs/td-nin"
+        )
+    return [
+        resolve_reference(r, untrained=untrained, checkpoint_dir=checkpoint_dir)
+        for r in (reference, *vs)
+    ]
+
+
+def _load_models(
+    refs: list[ModelRef], expected: str | None, dataset: str | None, dev: Any
+) -> list[AttackModel]:
+    """The attacked model, then each --vs one. ``expected``: the name the first must hold
+    (the old ``-m NAME -c PATH``); ``dataset``: that of package.module:factory models."""
+    from robustcli.models import load_model
+
+    models = [load_model(r, dataset=dataset, device=dev) for r in refs]
+    if expected is not None and expected != models[0].name:
+        raise RobustError(
+            f"{refs[0].text} holds {models[0].name!r}, not {expected!r}: drop --model or pass a "
+            f"checkpoint of {expected}"
+        )
     return models
 
 
@@ -331,23 +349,32 @@ def _print_outputs(run: AttackRun, paths: dict[str, Path], fmt: str, title: str)
         where.print(f"  {paths[key]}", highlight=False)
 
 
+def _is_path(text: str) -> bool:
+    return Path(text).expanduser().exists() or "/" in text or text.endswith(".safetensors")
+
+
 def _model_ref(
     ref: str | None, model: str | None, checkpoint: Path | None
-) -> tuple[str | None, Path | None]:
-    """The positional model reference as (--model, --checkpoint): a file, a folder or a path
-    is a checkpoint, anything else a registry name (the rule --vs follows)."""
-    if ref is None:
-        return model, checkpoint
-    p = Path(ref).expanduser()
-    if p.exists() or ref.endswith(".safetensors") or "/" in ref:
-        if checkpoint is not None:
-            raise RobustError(
-                f"two checkpoints ({ref} and --checkpoint {checkpoint}): give one of them"
-            )
-        return model, p
-    if model is not None and model != ref:
-        raise RobustError(f"two models ({ref} and --model {model}): give one of them")
-    return ref, checkpoint
+) -> tuple[str | None, str | None]:
+    """(the reference to load, the name it must hold). MODEL and --model are one reference;
+    the hidden --checkpoint PATH is one too, and a registry name beside a path (the old
+    ``-m td-nin -c runs/td-nin``) is the name that checkpoint must hold."""
+    if ref is not None and checkpoint is not None and _is_path(ref):
+        raise RobustError(
+            f"two checkpoints ({ref} and --checkpoint {checkpoint}): give one of them"
+        )
+    if ref is not None and model is not None and model != ref:
+        if checkpoint is not None or not _is_path(ref):
+            raise RobustError(f"two models ({ref} and --model {model}): give one of them")
+        return ref, model
+    name = ref if ref is not None else model
+    if checkpoint is None:
+        return name, None
+    if name is not None and _is_path(name):
+        raise RobustError(
+            f"two checkpoints ({name} and --checkpoint {checkpoint}): give one of them"
+        )
+    return str(checkpoint), name
 
 
 def _render(run: AttackRun, title: str) -> None:

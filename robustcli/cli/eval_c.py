@@ -1,25 +1,25 @@
-"""`robust eval-c`: accuracy of a checkpoint on CIFAR-10-C (official files or generated)."""
+"""`robust eval-c`: accuracy of a model on CIFAR-10-C (official files or generated)."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from robustcli.cli import options as opt
 from robustcli.cli._common import console, err_console, guarded
+from robustcli.errors import RobustError
+
+if TYPE_CHECKING:
+    from robustcli.models import ModelRef
 
 
 @guarded
 def eval_c_command(
-    checkpoint: str = typer.Argument(
-        ...,
-        help="model.safetensors, its run folder (robust train --out), or a registered model name "
-        "with a stored checkpoint (<checkpoint-dir>/<name>/model.safetensors).",
-        show_default=False,
-    ),
+    model: str = opt.model_argument(),
     cifar_c_dir: Path | None = typer.Option(
         None,
         "--cifar-c-dir",
@@ -61,13 +61,11 @@ def eval_c_command(
         help="An eval-c JSON of a reference model: adds corruption error (CE, mCE) and "
         "relative CE.",
     ),
-    checkpoint_dir: Path | None = typer.Option(
-        None,
-        "--checkpoint-dir",
-        envvar="ROBUSTCLI_CHECKPOINTS",
-        help="Where registered names find their checkpoints "
-        "(default: ~/.cache/robustcli/checkpoints).",
+    dataset: str | None = opt.dataset_option(
+        "eval-c: only for a package.module:factory model (others know their dataset)."
     ),
+    untrained: bool = opt.untrained_option(),
+    checkpoint_dir: Path | None = opt.checkpoint_dir_option(),
     out: Path | None = opt.out_option(
         "eval-c: the result JSON, with RobustBench's unaggregated CSV beside it (.csv); "
         "default: none (print only)."
@@ -83,12 +81,14 @@ def eval_c_command(
         True, "--fold/--no-fold", help="Fold push-pull and BatchNorm layers (exactly equal)."
     ),
 ) -> None:
-    """Evaluate a checkpoint on CIFAR-10-C: accuracy per corruption and severity, group means,
+    """Evaluate a model on CIFAR-10-C: accuracy per corruption and severity, group means,
     clean accuracy, CE / relative CE against a baseline result.
 
     Examples:
 
       robust eval-c runs/resnet20/model.safetensors --cifar-c-dir ~/data/CIFAR-10-C
+
+      robust eval-c mypkg.nets:build --dataset cifar10 --generate -n 200
 
       robust eval-c pp-resnet20 --generate -n 1000 -c noise,blur --out runs/pp-eval-c.json
 
@@ -97,12 +97,13 @@ def eval_c_command(
       torchrun --nproc_per_node 4 --no-python robust eval-c ck --cifar-c-dir C10C -o r.json
     """
     fmt = opt.output_format(fmt, as_json)  # before any work
+    ref = _resolve(model, dataset, untrained, checkpoint_dir)  # before torch loads
     from robustcli.evaluate import check_outputs, run_eval_c
 
     if out is not None:
         check_outputs(out, force)  # before any work
     doc = run_eval_c(
-        checkpoint,
+        ref,  # type: ignore[arg-type]
         cifar_c_dir=cifar_c_dir,
         generate=generate,
         seed=opt.seed_or_default(seed),
@@ -117,12 +118,30 @@ def eval_c_command(
         clean=clean,
         baseline=baseline,
         checkpoint_dir=checkpoint_dir,
+        untrained=untrained,
+        dataset=dataset,
         fold=fold,
         progress=opt.progress_mode(progress, no_progress) == "rich",
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return
     _report(doc, fmt, out, force, n_examples)
+
+
+def _resolve(
+    model: str, dataset: str | None, untrained: bool, checkpoint_dir: Path | None
+) -> ModelRef:
+    """What MODEL names (nothing loaded). --dataset names the data of a model of your own;
+    the others are evaluated on the dataset they were trained on."""
+    from robustcli.models import resolve_reference
+
+    ref = resolve_reference(model, untrained=untrained, checkpoint_dir=checkpoint_dir)
+    if dataset is not None and ref.kind != "user":
+        raise RobustError(
+            f"--dataset is for package.module:factory models: {model} is evaluated on the "
+            "dataset it was trained on; drop --dataset"
+        )
+    return ref
 
 
 def _report(doc: dict, fmt: str, out: Path | None, force: bool, n_examples: int | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,8 @@ from robustcli.errors import RobustError
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from robustcli.models import ModelRef
 
 DEFAULT_IMAGES = 8
 DEFAULT_BATCH = 256
@@ -54,17 +57,24 @@ def _by_metric(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, dtype=object)
 
 
+def _run_name(ref: ModelRef) -> str:
+    """The default folder's name: the run folder's or file's, a registry or factory name."""
+    if ref.kind == "checkpoint" and ref.path is not None and ref.name is None:
+        p = ref.path
+        name = p.parent.name if p.name == "model.safetensors" else p.stem
+    else:
+        name = ref.text
+    return re.sub(r"[^\w.-]+", "-", name).strip("-") or "model"
+
+
 @guarded
 def explain_command(
-    checkpoint: str = typer.Argument(
-        ..., help="Checkpoint from `robust train` (a model name only with --untrained)."
+    model: str = opt.model_argument(),
+    vs: list[str] | None = opt.vs_option(
+        "Shown side by side (e.g. TD vs BU, paper B Fig. 8); repeatable."
     ),
-    vs: str | None = typer.Option(
-        None, "--vs", help="Second checkpoint, shown side by side (e.g. TD vs BU, paper B Fig. 8)."
-    ),
-    untrained: bool = typer.Option(
-        False, "--untrained", help="Accept registered model names, built with RANDOM weights."
-    ),
+    untrained: bool = opt.untrained_option(),
+    checkpoint_dir: Path | None = opt.checkpoint_dir_option(),
     n_examples: int | None = opt.n_examples_option(
         f"The first N images of the split; default: {DEFAULT_IMAGES}."
     ),
@@ -82,7 +92,9 @@ def explain_command(
         None, "--layer", help="Module name for Grad-CAM (default: the model's last conv layer)."
     ),
     vs_layer: str | None = typer.Option(
-        None, "--vs-layer", help="Layer of the --vs model (default: --layer, else its last conv)."
+        None,
+        "--vs-layer",
+        help="Layer of the --vs models (default: --layer, else each one's last conv).",
     ),
     target: str = typer.Option(
         "pred", "--target", help="Class to explain: pred (predicted), label, or a class index."
@@ -123,7 +135,8 @@ def explain_command(
         callback=in_range("--object-threshold", 0, 1),
     ),
     dataset: str | None = opt.dataset_option(
-        "Default: the checkpoint's (embedded digits for --untrained)."
+        "Default: the checkpoint's (embedded digits for --untrained); a package.module:factory "
+        "model needs it."
     ),
     data_dir: Path | None = opt.data_dir_option(),
     split: str = typer.Option("test", "--split", help="train or test."),
@@ -150,17 +163,26 @@ def explain_command(
       robust explain td.safetensors --vs bu.safetensors --localization -d mnist
 
       robust explain td-lenetfc --untrained --list-layers
+
+      robust explain mypkg.nets:build -d cifar10 -n 4
     """
     fmt = opt.output_format(fmt, as_json)
     opt.fp32_only(precision, "explain", "Grad-CAM gradients")
     if images is not None and n_examples is not None and images != n_examples:
         raise RobustError(f"--images {images} and --n-examples {n_examples}: give one of them")
+    from robustcli.models import resolve_reference
+
+    # every reference resolved (names to their stored weights) before torch loads
+    refs = [
+        resolve_reference(r, untrained=untrained, checkpoint_dir=checkpoint_dir)
+        for r in (model, *(vs or []))
+    ]
     from robustcli import explain as ex
     from robustcli.render import render
 
     if list_layers:
-        # load both before printing anything: a bad --vs must fail with one line, not half a table
-        loaded = [ex.load_explain_model(r, untrained=untrained) for r in (checkpoint, vs) if r]
+        # load all before printing anything: a bad --vs must fail with one line, not half a table
+        loaded = [ex.load_explain_model(r, dataset=dataset) for r in refs]
         if any(em.untrained for em in loaded):
             err_console.print(
                 "[bold yellow]WARNING: --untrained: model names are built with RANDOM weights; "
@@ -175,12 +197,10 @@ def explain_command(
                 typer.echo(out_text, nl=False)
         return
 
-    ref = Path(checkpoint)
-    run_name = ref.parent.name if ref.name == "model.safetensors" else ref.stem
-    out_dir = out if out is not None else Path("runs") / f"explain-{run_name or 'model'}"
+    out_dir = out if out is not None else Path("runs") / f"explain-{_run_name(refs[0])}"
     report = ex.run_explain(
-        checkpoint,
-        vs=vs,
+        refs[0],  # type: ignore[arg-type]
+        vs=refs[1:],  # type: ignore[arg-type]
         untrained=untrained,
         dataset=dataset,
         data_dir=data_dir,

@@ -40,11 +40,47 @@ HELP = {
     "plain (lines) or none. --no-progress (no bars) is --progress plain.",
     "format": f"Output on stdout: {', '.join(FORMATS)}.",
     "json": "Same as --format json.",
+    # the model reference every model-taking command reads (robustcli.models.reference)
+    "model": "The model: a .safetensors checkpoint, a run folder (robust train --out), a "
+    "registry name (`robust models`; its weights from --checkpoint-dir, random ones with "
+    "--untrained) or package.module:factory (your own nn.Module; give --dataset).",
+    "vs": "A model to compare with (any MODEL reference).",
+    "untrained": "Build registry names with RANDOM weights, not their stored ones (smoke "
+    "tests: the numbers say nothing about the architecture).",
+    "checkpoint_dir": "Where registry names find their weights: <dir>/<name>/model.safetensors "
+    "(default: $ROBUSTCLI_CHECKPOINTS, else ~/.cache/robustcli/checkpoints).",
 }
 
 
 def _help(key: str, extra: str) -> str:
     return f"{HELP[key]} {extra}".strip()
+
+
+def model_argument(extra: str = "", required: bool = True) -> Any:
+    """The positional MODEL of eval-c, attack and explain (``required=False`` where an option
+    such as attack's ``--model`` may give it instead)."""
+    return typer.Argument(
+        ... if required else None, metavar="MODEL", help=_help("model", extra), show_default=False
+    )
+
+
+def vs_option(extra: str = "") -> Any:
+    """``--vs MODEL``; repeatable when the parameter is a list."""
+    return typer.Option(None, "--vs", metavar="MODEL", help=_help("vs", extra))
+
+
+def untrained_option(extra: str = "") -> Any:
+    return typer.Option(False, "--untrained", help=_help("untrained", extra))
+
+
+def checkpoint_dir_option(extra: str = "") -> Any:
+    return typer.Option(
+        None,
+        "--checkpoint-dir",
+        envvar="ROBUSTCLI_CHECKPOINTS",
+        help=_help("checkpoint_dir", extra),
+        show_envvar=False,
+    )
 
 
 def device_option(extra: str = "") -> Any:

@@ -9,7 +9,6 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +21,6 @@ from robustcli.evaluate.selection import (
     check_count,
     check_seed,
     parse_severities,
-    resolve_checkpoint,
     select_corruptions,
 )
 from robustcli.evaluate.sources import (
@@ -31,7 +29,6 @@ from robustcli.evaluate.sources import (
     clean_provenance,
     load_clean,
 )
-from robustcli.io import file_sha256
 from robustcli.runtime import (
     environment,
     init_distributed,
@@ -62,6 +59,8 @@ def run_eval_c(
     channels_last: bool | None = None,
     fold: bool = True,
     progress: bool = False,
+    untrained: bool = False,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on CIFAR-10-C and return the result document (every rank of a
     ``torchrun`` job gets the same document; write it on rank 0 only).
@@ -69,6 +68,8 @@ def run_eval_c(
     Exactly one of ``cifar_c_dir`` (official files) and ``generate`` (corrupt the clean test
     images on the fly, seeded by ``seed``) must be given. Clean accuracy uses the checkpoint's
     dataset test split from ``data_dir`` (``clean=False`` skips it; ``--generate`` needs it).
+    ``checkpoint`` is any model reference (``robustcli.models.load_model``): ``dataset`` is
+    the one of a ``package.module:factory`` model, ``untrained`` allows a bare registry name.
 
     Numbers and selections are checked first (``RobustError``, before any file is read):
     ``n_examples`` and ``batch_size`` >= 1, ``seed`` >= 0, severities in 1..5, known corruption
@@ -79,14 +80,14 @@ def run_eval_c(
         cifar_c_dir, generate, n_examples, batch_size, seed, corruptions, severities
     )
     baseline_doc = read_result(baseline) if baseline is not None else None
-    from robustcli.checkpoint import load_checkpoint
+    from robustcli.models import load_model, resolve_reference
 
-    ck_path = resolve_checkpoint(checkpoint, checkpoint_dir)
+    ref = resolve_reference(checkpoint, untrained=untrained, checkpoint_dir=checkpoint_dir)
     info = init_distributed(device)
     try:
         dev = resolve_device(device, info)
         prec = eval_precision(precision, dev)
-        ck = load_checkpoint(ck_path)
+        ck = load_model(ref, dataset=dataset, data_dir=data_dir)
         data = _inputs(
             ck,
             cifar_c_dir=cifar_c_dir,
@@ -120,7 +121,7 @@ def run_eval_c(
         )
     finally:
         teardown_distributed(info)
-    model_info = _model_record(ck, Path(ck.path or ck_path))
+    model_info = ck.record()
     clean_info = data.clean_info if clean else None
     provenance = _provenance(tally, dev, prec, n_examples, data.source, clean_info)
     return eval_c_document(
@@ -235,22 +236,6 @@ def _adapt_before_corrupting(clean_data: Images, adapter: Any) -> bool:
     input adapter (digits 1x8x8 -> 3x32x32) is evaluated on its adapted test images, corrupted
     at the model's input size."""
     return adapter is not None and clean_data[0].shape[1] != 3 and adapter.target_shape[0] == 3
-
-
-def _model_record(ck: Any, path: Path) -> dict[str, Any]:
-    """The document's ``model``: what was evaluated, by file hash and recorded config."""
-    return {
-        "name": ck.name,
-        "backbone": ck.backbone,
-        "dataset": ck.dataset,
-        "checkpoint": str(path.resolve()),
-        "sha256": file_sha256(path),
-        **ck.integrity_record(),  # verified: false for legacy / unverified files
-        "config": ck.config,
-        "normalization": ck.normalization,
-        "input": ck.input.to_dict(),
-        "trained": {k: ck.meta[k] for k in ("recipe", "epochs", "seed") if k in ck.meta},
-    }
 
 
 def _provenance(

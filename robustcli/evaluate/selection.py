@@ -1,5 +1,6 @@
 """What eval-c evaluates: corruption and severity selections, count and seed checks, and the
-checkpoint a name or path stands for. All checks raise ``RobustError`` before any file is read."""
+checkpoint a name or path stands for (``robustcli.models.reference`` decides; re-exported
+here). All checks raise ``RobustError`` before any file is read."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ import numpy as np
 from robustcli.corruptions import COMMON, CORRUPTIONS, GROUPS, SEVERITIES
 from robustcli.errors import CheckpointError, RobustError
 
-CHECKPOINTS_ENV = "ROBUSTCLI_CHECKPOINTS"
+# where registered names find their weights: defined with the model references, kept here
+from robustcli.models.reference import (  # noqa: E402, F401 (re-exports)
+    CHECKPOINTS_ENV,
+    checkpoint_home,
+    resolve_reference,
+    stored_checkpoint,
+)
+
 SELECTION_WORDS = ("common", "all", *GROUPS)
 
 
@@ -113,46 +121,12 @@ def clamp_note(requested: int | None, actual: int, what: str) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-def checkpoint_home(checkpoint_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where stored checkpoints of registered models live: ``checkpoint_dir``, else
-    ``$ROBUSTCLI_CHECKPOINTS``, else ``<cache>/checkpoints`` (``~/.cache/robustcli/checkpoints``;
-    the cache honours ``$ROBUSTCLI_CACHE`` and ``$XDG_CACHE_HOME``)."""
-    if checkpoint_dir is not None:
-        return Path(checkpoint_dir).expanduser()
-    if os.environ.get(CHECKPOINTS_ENV):
-        return Path(os.environ[CHECKPOINTS_ENV]).expanduser()
-    from robustcli.data import cache_dir
-
-    return cache_dir() / "checkpoints"
-
-
-def stored_checkpoint(name: str, checkpoint_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The stored checkpoint of registered model ``name``: ``<home>/<name>/model.safetensors``
-    (the file ``robust train -m NAME --out <home>/<name>`` writes)."""
-    return checkpoint_home(checkpoint_dir) / name / "model.safetensors"
-
-
 def resolve_checkpoint(
     spec: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str] | None = None
 ) -> Path:
-    """A checkpoint file or run folder as given, or the stored checkpoint of a registered name."""
-    path = Path(spec).expanduser()
-    if path.exists():
-        return path
-    from robustcli.registry import closest_models, list_models
-
-    name = str(spec)
-    if name in list_models("*"):
-        stored = stored_checkpoint(name, checkpoint_dir)
-        if stored.is_file():
-            return stored
-        raise CheckpointError(
-            f"no stored checkpoint for {name!r} at {stored}: train one with `robust train -m "
-            f"{name} -d cifar10 --out {stored.parent}`, or pass a checkpoint path"
-        )
-    hint = closest_models(name)
-    did = f" (did you mean {hint[0]}?)" if hint and os.sep not in name else ""
-    raise CheckpointError(
-        f"{name} is neither a checkpoint file or run folder nor a registered model{did}: check "
-        "the path, or run `robust models` for the names"
-    )
+    """A checkpoint file or run folder as given, or the stored checkpoint of a registered name
+    (``robustcli.models.resolve_reference``, which every command uses; kept for its callers)."""
+    ref = resolve_reference(spec, checkpoint_dir=checkpoint_dir)
+    if ref.kind != "checkpoint" or ref.path is None:
+        raise CheckpointError(f"{spec} is not a checkpoint: pass a model.safetensors or run folder")
+    return ref.path

@@ -150,10 +150,14 @@ def _load_models(
     untrained: bool,
     layers: Sequence[str | None],
     device: torch.device,
+    dataset: str | None = None,
 ) -> tuple[list[ExplainModel], list[str]]:
     """The given models (``None`` references skipped) on ``device`` and each one's Grad-CAM
-    layer; every layer is resolved before a model moves, so a bad name fails fast."""
-    models = [load_explain_model(ref, untrained=untrained) for ref in references if ref]
+    layer; every layer is resolved before a model moves, so a bad name fails fast.
+    ``dataset``: that of ``package.module:factory`` references."""
+    models = [
+        load_explain_model(ref, untrained=untrained, dataset=dataset) for ref in references if ref
+    ]
     chosen = [resolve_layer(em.model, lay)[0] for em, lay in zip(models, layers, strict=False)]
     for em in models:
         em.model.to(device)
@@ -326,7 +330,8 @@ def _document(
 ) -> dict[str, Any]:
     """The ``explain.json`` document; ``parts``: ``layers``, ``localization``, ``warnings`` and
     ``files`` in that order."""
-    models = zip(ROLES, shown.models, shown.layers, shown.results, strict=False)
+    roles = (ROLES[0], *(ROLES[1],) * (len(shown.models) - 1))  # model, then each --vs
+    models = zip(roles, shown.models, shown.layers, shown.results, strict=False)
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -347,7 +352,7 @@ def _document(
 def run_explain(
     checkpoint: str | os.PathLike[str],
     *,
-    vs: str | os.PathLike[str] | None = None,
+    vs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     untrained: bool = False,
     dataset: str | None = None,
     data_dir: str | os.PathLike[str] | None = None,
@@ -372,9 +377,10 @@ def run_explain(
 ) -> ExplainReport:
     """Everything ``robust explain`` does; see ``docs/explain.md``.
 
-    ``checkpoint`` / ``vs``: checkpoint files or run folders; with ``untrained`` a registered
-    model name is also accepted and built with random weights. ``dataset`` defaults to the first
-    checkpoint's dataset, or ``digits`` (embedded, offline) for an untrained model. Writes into
+    ``checkpoint`` / ``vs`` (one or several): model references (``robustcli.models``); with
+    ``untrained`` a registered name without stored weights is built with random weights.
+    ``dataset`` defaults to the first checkpoint's dataset, or ``digits`` (embedded, offline)
+    for an untrained model; it is also a ``package.module:factory`` model's. Writes into
     ``out`` (refused when not empty, unless ``force``): ``overlays.png`` (Fig. 8 layout),
     ``layers.png`` (Fig. 7, first selected image), ``heatmaps.npz``, ``explain.json`` and with
     ``localization`` also ``localization.csv`` and ``localization.png`` (Fig. 9).
@@ -386,8 +392,13 @@ def run_explain(
     _check_options(threshold, object_threshold, normalize, batch_size)
     tgt = _parse_target(target)
     dev = resolve_device(device)
+    others = [] if vs is None else [vs] if isinstance(vs, str | os.PathLike) else list(vs)
     models, chosen = _load_models(
-        (checkpoint, vs), untrained=untrained, layers=(layer, vs_layer or layer), device=dev
+        (checkpoint, *others),
+        untrained=untrained,
+        layers=(layer, *[vs_layer or layer] * len(others)),
+        device=dev,
+        dataset=dataset,
     )
     warnings = [
         f"{em.name} is UNTRAINED (random weights): its heatmaps mean nothing"
