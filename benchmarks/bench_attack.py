@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    ap.add_argument("--defaults", default="paper-b", help="the attack set to cost on 1,000 images")
+    ap.add_argument("--defaults", default="lelekas2020", help="attack set to cost on 1,000 images")
     ap.add_argument(
         "-o", "--out", "--json", dest="json", default=None, help="write the results here"
     )

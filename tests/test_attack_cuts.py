@@ -469,3 +469,10 @@ def test_bad_numeric_options_exit_2_before_any_work(args, tmp_path):
     )
     assert result.exit_code == 2, result.output
     assert not out.exists()
+
+
+def test_old_attack_group_name_is_an_alias():
+    from robustcli.attacks.registry import list_attacks, resolve_attacks
+
+    assert resolve_attacks("paper-b") == resolve_attacks("lelekas2020") == list_attacks("paper-b")
+    assert "pointwise" in resolve_attacks("lelekas2020")

@@ -8,7 +8,7 @@ under the loss curve, and the per-sample worst case over several attacks. A TD n
 attacked through one input scale only (Fig. 5).
 
 >>> target = AttackTarget(model, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), name="td-nin")
->>> outcomes = run_attacks(target, resolve_attacks("paper-b"), x, y, repeats=3)
+>>> outcomes = run_attacks(target, resolve_attacks("lelekas2020"), x, y, repeats=3)
 >>> summary_frame(outcomes + [worst_case(outcomes)], epsilons=[0.1, 0.5, 1.0])
 
 Modules: ``registry`` (the attacks by name), ``methods`` (how each returns its smallest

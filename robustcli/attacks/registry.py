@@ -2,8 +2,9 @@
 minimal L2 distance is obtained.
 
 ``list_attacks(group)``, ``get_attack_spec(name)``, ``build_attack(name, **params)`` and
-``resolve_attacks("paper-b,pgd")`` are the public surface; ``register_attack`` adds one.
-Groups: ``paper-b`` (the attacks of paper B's Fig. 6), ``noise-fb2`` (paper B's additive-noise
+``resolve_attacks("lelekas2020,pgd")`` are the public surface; ``register_attack`` adds one.
+Groups: ``lelekas2020`` (the attacks of paper B's Fig. 6, Lelekas et al. 2020; ``paper-b`` is
+its old name, kept as an alias for one release), ``noise-fb2`` (paper B's additive-noise
 attacks with Foolbox 2's search, ``robustcli.attacks.fb2noise``), ``gradient`` (DDN, DeepFool,
 C&W, FMN, PGD), ``all``.
 """
@@ -31,7 +32,9 @@ from robustcli.attacks.methods import (
 )
 from robustcli.errors import RobustError
 
-GROUPS = ("paper-b", "noise-fb2", "gradient", "all")
+GROUPS = ("lelekas2020", "noise-fb2", "gradient", "all")
+#: Old group names, accepted for one release.
+GROUP_ALIASES = {"paper-b": "lelekas2020"}
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,9 @@ def register_attack(spec: AttackSpec) -> AttackSpec:
 
 
 def list_attacks(group: str = "all") -> list[str]:
-    """Names of the attacks of ``group`` (one of ``GROUPS``), in table order."""
+    """Names of the attacks of ``group`` (one of ``GROUPS`` or an old name in
+    ``GROUP_ALIASES``), in table order."""
+    group = GROUP_ALIASES.get(group, group)
     if group not in GROUPS:
         raise RobustError(f"unknown attack group {group!r}: use one of {', '.join(GROUPS)}")
     return [n for n, s in ATTACKS.items() if group == "all" or s.group == group]
@@ -83,17 +88,20 @@ def get_attack_spec(name: str) -> AttackSpec:
 
 
 def resolve_attacks(names: str | list[str]) -> list[str]:
-    """``"paper-b,pgd"`` -> the attack names, groups expanded, duplicates dropped, order kept."""
+    """``"lelekas2020,pgd"`` -> attack names, groups expanded, duplicates dropped, order kept."""
     items = names.split(",") if isinstance(names, str) else list(names)
     out: list[str] = []
     for item in (i.strip() for i in items):
         if not item:
             continue
-        for name in list_attacks(item) if item in GROUPS else [get_attack_spec(item).name]:
+        is_group = item in GROUPS or item in GROUP_ALIASES
+        for name in list_attacks(item) if is_group else [get_attack_spec(item).name]:
             if name not in out:
                 out.append(name)
     if not out:
-        raise RobustError("no attack selected: pass e.g. --attacks paper-b or --attacks ddn,pgd")
+        raise RobustError(
+            "no attack selected: pass e.g. --attacks lelekas2020 or --attacks ddn,pgd"
+        )
     return out
 
 
@@ -266,7 +274,7 @@ register_attack(
     AttackSpec(
         "gaussian",
         "Additive Gaussian noise",
-        "paper-b",
+        "lelekas2020",
         "noise",
         True,
         _NOISE_HOW.format(what="Gaussian noise (foolbox L2AdditiveGaussianNoiseAttack)"),
@@ -278,7 +286,7 @@ register_attack(
     AttackSpec(
         "uniform",
         "Additive uniform noise",
-        "paper-b",
+        "lelekas2020",
         "noise",
         True,
         _NOISE_HOW.format(what="Uniform noise (foolbox L2AdditiveUniformNoiseAttack)"),
@@ -290,7 +298,7 @@ register_attack(
     AttackSpec(
         "salt-pepper",
         "Salt-and-pepper noise",
-        "paper-b",
+        "lelekas2020",
         "decision",
         True,
         "foolbox SaltAndPepperNoiseAttack (minimization: raises the noise probability over "
@@ -303,7 +311,7 @@ register_attack(
     AttackSpec(
         "pointwise",
         "Pointwise",
-        "paper-b",
+        "lelekas2020",
         "decision",
         True,
         "foolbox PointwiseAttack's algorithm from a salt-and-pepper start (images the start "
@@ -320,7 +328,7 @@ register_attack(
     AttackSpec(
         "blur",
         "Gaussian blur",
-        "paper-b",
+        "lelekas2020",
         "decision",
         False,
         "foolbox GaussianBlurAttack's search (linear in sigma up to max(H, W), `steps` steps, "
@@ -333,7 +341,7 @@ register_attack(
     AttackSpec(
         "contrast",
         "Contrast reduction",
-        "paper-b",
+        "lelekas2020",
         "decision",
         False,
         "foolbox BinarySearchContrastReductionAttack (distance=l2): binary search (15 steps) of "
@@ -346,7 +354,7 @@ register_attack(
     AttackSpec(
         "blended",
         "Blended uniform noise",
-        "paper-b",
+        "lelekas2020",
         "decision",
         True,
         "foolbox LinearSearchBlendedUniformNoiseAttack's search: draws uniform-noise images "
@@ -360,7 +368,7 @@ register_attack(
     AttackSpec(
         "spatial",
         "Spatial (rotation + shift)",
-        "paper-b",
+        "lelekas2020",
         "spatial",
         False,
         "not an L2 attack: foolbox's SpatialAttack grid (rotations +-30 deg x 5, shifts +-3 px "

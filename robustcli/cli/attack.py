@@ -115,10 +115,11 @@ def attack_command(
         "Repeatable; paper B compares each TD model with its BU baseline."
     ),
     attacks: str = typer.Option(
-        "paper-b",
+        "lelekas2020",
         "--attacks",
         "-a",
-        help="Comma-separated attacks or groups: paper-b, gradient, all; see --list.",
+        help="Comma-separated attacks or groups: lelekas2020 (paper B's Fig. 6; old name "
+        "paper-b), noise-fb2, gradient, all; see --list.",
     ),
     n_examples: int | None = opt.n_examples_option(
         f"Drawn at random (seeded) from the split; default: {DEFAULT_EXAMPLES} (all 20 of "

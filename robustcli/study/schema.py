@@ -304,7 +304,7 @@ def _attack(
             "seed",
         ),
     )
-    attacks = _names(c, m.get("attacks", "paper-b"), [*path, "attacks"])
+    attacks = _names(c, m.get("attacks", "lelekas2020"), [*path, "attacks"])
     try:
         names = resolve_attacks(attacks)
     except RobustError as exc:
