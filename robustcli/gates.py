@@ -246,29 +246,10 @@ def _rules(spec: Mapping[Any, Any], source: str) -> list[Rule]:
 
 def load_gates(path: str | os.PathLike[str]) -> list[Rule]:
     """Rules from a YAML file."""
-    import yaml
+    from robustcli.io import read_yaml
 
     p = Path(path).expanduser()
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise RobustError(f"gates file {p} not found: check --gates") from None
-    except IsADirectoryError:
-        raise RobustError(f"gates file {p} is a folder: pass a YAML file to --gates") from None
-    except UnicodeDecodeError:
-        raise RobustError(f"gates file {p} is not text: pass a YAML file to --gates") from None
-    except OSError as exc:
-        raise RobustError(f"cannot read gates file {p}: {exc.strerror or exc}") from None
-    try:
-        spec = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None)
-        mark = getattr(exc, "problem_mark", None)
-        if problem and mark is not None:
-            first = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-        else:
-            first = " ".join(str(exc).split()) or type(exc).__name__
-        raise RobustError(f"gates file {p} is not valid YAML ({first})") from None
+    spec = read_yaml(p, "gates file", "pass a YAML file to --gates")
     return rules_from_mapping(spec, f"gates file {p}")
 
 

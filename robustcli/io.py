@@ -255,3 +255,32 @@ def strict_json(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def read_yaml(path: str | os.PathLike[str], what: str, fix: str) -> Any:
+    """A user's YAML file (gates, study) parsed with ``yaml.safe_load``; every way it can be
+    unreadable is one ``RobustError`` line: ``what`` names the file's role ("gates file"),
+    ``fix`` says what to pass instead ("pass a YAML file to --gates")."""
+    import yaml
+
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise RobustError(f"{what} {p} not found: check the path, or {fix}") from None
+    except IsADirectoryError:
+        raise RobustError(f"{what} {p} is a folder: {fix}") from None
+    except UnicodeDecodeError:
+        raise RobustError(f"{what} {p} is not text: {fix}") from None
+    except OSError as exc:
+        raise RobustError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None)
+        mark = getattr(exc, "problem_mark", None)
+        if problem and mark is not None:
+            first = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+        else:
+            first = " ".join(str(exc).split()) or type(exc).__name__
+        raise RobustError(f"{what} {p} is not valid YAML ({first})") from None

@@ -14,10 +14,10 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from robustcli.errors import RobustError
+from robustcli.io import read_yaml as io_read_yaml
 
 SCHEMA_VERSION = 1
 STEP_KINDS = ("train", "eval-c", "attack", "explain")
@@ -542,24 +542,7 @@ def _within(doc: Any, path: Sequence[str | int]) -> bool:
 
 
 def read_yaml(path: str | os.PathLike[str]) -> Any:
-    import yaml
-
-    p = Path(path).expanduser()
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise RobustError(f"study file {p} not found: check the path") from None
-    except IsADirectoryError:
-        raise RobustError(f"{p} is a folder: pass a study file (YAML)") from None
-    except UnicodeDecodeError:
-        raise RobustError(f"{p} is not text: pass a study file (YAML)") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise RobustError(f"{p}: not valid YAML ({problem}{where})") from None
+    return io_read_yaml(path, "study file", "pass a study file (YAML)")
 
 
 def load_study(
