@@ -41,293 +41,91 @@ Every model has ``last_conv`` (a module; its output is the map for Grad-CAM) and
 ``last_conv_name`` (its dotted name in ``named_modules()``): in the plain nets the last conv unit
 before the class conv (the authors' ``act_3``), in the ResNets the last residual block (the output
 of the last group, before the final BN-activation). In TD models that map is at input resolution.
+
+Modules: ``topdown_specs`` (backbone specs, ``PARAMETER_COUNTS``, the width arrangements),
+``topdown_blocks`` (TF-'same' conv / pooling, conv-unit stages, heads, pre-activation blocks)
+and this one (the four model classes and ``build_paper_b_net``); every name of the first two is
+re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
 from functools import partial
-from typing import TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustcli.errors import DataError, RobustError
 from robustcli.layers.topdown import (
     PYRAMID_METHODS,
     ActFactory,
-    AddConcatFuse,
     ConvBNAct,
     GaussianPyramid,
     MergeBlock,
     NormFactory,
-    upsample_nearest2x,
 )
 from robustcli.models.factory import ACTIVATIONS
 
-BACKBONES = ("lenetfc", "nin_light", "nin", "resnet32")
-ARRANGEMENTS = ("bu", "td", "td_uni", "td_rev")
+# The specs and blocks live in their own modules; re-exported so every name stays importable
+# from here (registry, tests and docs import this module).
+from robustcli.models.topdown_blocks import (
+    ClassConvHead,
+    PreActBlock,
+    PreActHead,
+    PreActUpBlock,
+    TFSameConv2d,
+    TFSameMaxPool2d,
+    plain_stage_units,
+    preact_stage,
+    same_conv,
+    tf_same_pad,
+)
+from robustcli.models.topdown_specs import (
+    ARRANGEMENTS,
+    BACKBONES,
+    PARAMETER_COUNTS,
+    PLAIN_SPECS,
+    RESNET_SPECS,
+    PlainSpec,
+    PlainStage,
+    ResNetSpec,
+    arrange_plain,
+    arrange_resnet,
+    arrange_widths,
+)
 
-
-# Exact trainable-parameter counts for 10 classes at the paper's input channels (MNIST: 1,
-# CIFAR-10: 3). Paper B, Table 1 gives all BU and TD counts and ResNet32's TD_uni / TD_rev
-# exactly; it rounds the other TD_uni / TD_rev counts (in parentheses), which these match.
-PARAMETER_COUNTS: dict[tuple[str, str], int] = {
-    ("lenetfc", "bu"): 7_670,
-    ("lenetfc", "td"): 14_452,
-    ("lenetfc", "td_uni"): 23_486,  # paper: ~23k
-    ("lenetfc", "td_rev"): 57_846,  # paper: ~58k
-    ("nin_light", "bu"): 62_094,
-    ("nin_light", "td"): 212_670,
-    ("nin_light", "td_uni"): 214_734,  # paper: ~215k
-    ("nin_light", "td_rev"): 214_206,  # paper: ~214k
-    ("nin", "bu"): 969_822,
-    ("nin", "td"): 3_368_478,
-    ("nin", "td_uni"): 3_397_470,  # paper: ~3,397k
-    ("nin", "td_rev"): 3_388_446,  # paper: ~3,388k
-    ("resnet32", "bu"): 467_946,
-    ("resnet32", "td"): 528_042,
-    ("resnet32", "td_uni"): 319_626,
-    ("resnet32", "td_rev"): 563_274,
-}
-
-T = TypeVar("T")
-
-
-# --------------------------------------------------------------------------- specs
-
-
-@dataclass(frozen=True)
-class PlainStage:
-    """One resolution of a plain net: a ``kernel x kernel`` conv unit, then 1x1 conv units."""
-
-    kernel: int
-    widths: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class PlainSpec:
-    """LeNetFC / NIN-family backbone: ``stages`` at full, /2 and /4 resolution (BU order)."""
-
-    stages: tuple[PlainStage, PlainStage, PlainStage]
-    pool_kernel: int
-    dropout: float
-    uni_width: int
-
-
-@dataclass(frozen=True)
-class ResNetSpec:
-    """Pre-activation CIFAR ResNet: ``widths`` at full, /2, /4 resolution, ``blocks`` per stage."""
-
-    widths: tuple[int, int, int] = (16, 32, 64)
-    blocks: int = 5
-    uni_width: int = 32
-
-
-PLAIN_SPECS: dict[str, PlainSpec] = {
-    "lenetfc": PlainSpec(
-        stages=(PlainStage(5, (6,)), PlainStage(5, (16,)), PlainStage(3, (32,))),
-        pool_kernel=2,
-        dropout=0.0,
-        uni_width=16,
-    ),
-    "nin_light": PlainSpec(
-        stages=(PlainStage(5, (48, 40, 24)), PlainStage(5, (48, 48, 48)), PlainStage(3, (48, 48))),
-        pool_kernel=3,
-        dropout=0.5,
-        uni_width=48,
-    ),
-    "nin": PlainSpec(
-        stages=(
-            PlainStage(5, (192, 160, 96)),
-            PlainStage(5, (192, 192, 192)),
-            PlainStage(3, (192, 192)),
-        ),
-        pool_kernel=3,
-        dropout=0.5,
-        uni_width=192,
-    ),
-}
-RESNET_SPECS: dict[str, ResNetSpec] = {"resnet32": ResNetSpec()}
-
-
-def arrange_widths(
-    per_resolution: Sequence[T], arrangement: str, uniform: Callable[[T], T]
-) -> list[T]:
-    """Widths at full, /2, /4 resolution for an arrangement, from the BU ones.
-
-    ``bu`` / ``td`` keep them (TD runs the same stages coarse-to-fine), ``td_uni`` maps each
-    through ``uniform``, ``td_rev`` reverses them so that widths grow along TD's depth.
-    """
-    if arrangement in ("bu", "td"):
-        return list(per_resolution)
-    if arrangement == "td_uni":
-        return [uniform(w) for w in per_resolution]
-    if arrangement == "td_rev":
-        return list(reversed(per_resolution))
-    raise RobustError(f"unknown arrangement {arrangement!r}: use one of {', '.join(ARRANGEMENTS)}")
-
-
-def arrange_plain(spec: PlainSpec, arrangement: str) -> PlainSpec:
-    """``spec`` with its stage widths arranged (kernels stay with their resolution)."""
-    widths = arrange_widths(
-        [s.widths for s in spec.stages], arrangement, lambda w: (spec.uni_width,) * len(w)
-    )
-    stages = tuple(PlainStage(s.kernel, w) for s, w in zip(spec.stages, widths, strict=True))
-    return replace(spec, stages=stages)
-
-
-def arrange_resnet(spec: ResNetSpec, arrangement: str) -> ResNetSpec:
-    """``spec`` with its stage widths arranged."""
-    widths = arrange_widths(spec.widths, arrangement, lambda _: spec.uni_width)
-    return replace(spec, widths=tuple(widths))
-
-
-# --------------------------------------------------------------------------- small pieces
-
-
-def _tf_same_pad(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
-    """Pad like TensorFlow's ``padding='SAME'``: ``ceil(n / stride)`` outputs, odd pad at end."""
-    pads = []
-    for n in (x.shape[-1], x.shape[-2]):
-        total = max((math.ceil(n / stride) - 1) * stride + kernel - n, 0)
-        pads += [total // 2, total - total // 2]
-    if not any(pads):
-        return x
-    return F.pad(x, pads, value=value)
-
-
-class TFSameConv2d(nn.Conv2d):
-    """``nn.Conv2d`` with TensorFlow 'same' padding (matters for stride > 1 on even sizes)."""
-
-    def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(_tf_same_pad(x, self.kernel_size[0], self.stride[0]))
-
-
-class TFSameMaxPool2d(nn.Module):
-    """Max-pooling with TensorFlow 'same' padding (padded values never win)."""
-
-    def __init__(self, kernel_size: int, stride: int = 2) -> None:
-        super().__init__()
-        self.kernel_size, self.stride = kernel_size, stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _tf_same_pad(x, self.kernel_size, self.stride, value=-math.inf)
-        return F.max_pool2d(x, self.kernel_size, self.stride)
-
-    def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding='same'"
-
-
-def _conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Conv2d:
-    if stride == 1:
-        return nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2)
-    return TFSameConv2d(in_channels, out_channels, kernel, stride)
-
-
-def _stage_units(
-    stage: PlainStage, in_channels: int, norm: NormFactory, act: ActFactory
-) -> list[nn.Module]:
-    units: list[nn.Module] = []
-    for i, width in enumerate(stage.widths):
-        units.append(
-            ConvBNAct(in_channels, width, stage.kernel if i == 0 else 1, norm=norm, act=act)
-        )
-        in_channels = width
-    return units
-
-
-class ClassConvHead(nn.Sequential):
-    """The plain nets' head: ``1x1 conv -> BN -> act -> global average pooling`` (class scores)."""
-
-    def __init__(
-        self, in_channels: int, num_classes: int, norm: NormFactory, act: ActFactory
-    ) -> None:
-        super().__init__(
-            ConvBNAct(in_channels, num_classes, 1, norm=norm, act=act),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-
-
-class PreActHead(nn.Sequential):
-    """The ResNets' head: ``BN -> act -> global average pooling -> linear``."""
-
-    def __init__(
-        self, in_channels: int, num_classes: int, norm: NormFactory, act: ActFactory
-    ) -> None:
-        super().__init__(
-            norm(in_channels),
-            act(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(in_channels, num_classes),
-        )
-
-
-class PreActBlock(nn.Module):
-    """Pre-activation residual block (He et al. 2016b) as in the authors' ``residual_block``.
-
-    ``o = act(BN(x))``; ``out = shortcut + conv3x3(act(BN(conv3x3_stride(o))))`` with shortcut
-    ``x``, or a strided 1x1 conv of ``o`` when the stride or width changes.
-    """
-
-    def __init__(
-        self, in_channels: int, out_channels: int, stride: int, norm: NormFactory, act: ActFactory
-    ) -> None:
-        super().__init__()
-        self.bn1, self.act1 = norm(in_channels), act()
-        self.conv1 = _conv(in_channels, out_channels, 3, stride)
-        self.bn2, self.act2 = norm(out_channels), act()
-        self.conv2 = _conv(out_channels, out_channels, 3)
-        self.shortcut = (
-            _conv(in_channels, out_channels, 1, stride)
-            if stride != 1 or in_channels != out_channels
-            else None
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o = self.act1(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(o)
-        return shortcut + self.conv2(self.act2(self.bn2(self.conv1(o))))
-
-
-class PreActUpBlock(nn.Module):
-    """TD ResNet transition: a pre-activation block that upsamples x2, then merges a finer branch.
-
-    ``o = act(BN(x))``; shortcut = ``up(conv1x1(o))`` if the width changes, else ``up(x)``;
-    ``y = shortcut + conv3x3(act(BN(conv3x3(up(o)))))``; output
-    ``AddConcatFuse(preactivation=True)(y, branch)``, i.e.
-    ``conv3x3(act(BN(concat(y + branch, branch))))``.
-    This is the authors' ``residual_block(..., increase=True, skip=[branch])`` in ``ResNet_TD*``.
-    """
-
-    def __init__(
-        self, in_channels: int, out_channels: int, norm: NormFactory, act: ActFactory
-    ) -> None:
-        super().__init__()
-        self.bn1, self.act1 = norm(in_channels), act()
-        self.shortcut = _conv(in_channels, out_channels, 1) if in_channels != out_channels else None
-        self.conv1 = _conv(in_channels, out_channels, 3)
-        self.bn2, self.act2 = norm(out_channels), act()
-        self.conv2 = _conv(out_channels, out_channels, 3)
-        self.merge = AddConcatFuse(
-            out_channels, out_channels, preactivation=True, norm=norm, act=act
-        )
-
-    def forward(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        o = self.act1(self.bn1(x))
-        shortcut = upsample_nearest2x(x if self.shortcut is None else self.shortcut(o))
-        y = shortcut + self.conv2(self.act2(self.bn2(self.conv1(upsample_nearest2x(o)))))
-        return self.merge(y, branch)
+__all__ = [
+    "ARRANGEMENTS",
+    "BACKBONES",
+    "PARAMETER_COUNTS",
+    "PLAIN_SPECS",
+    "RESNET_SPECS",
+    "ClassConvHead",
+    "PaperBNet",
+    "PlainBottomUp",
+    "PlainSpec",
+    "PlainStage",
+    "PlainTopDown",
+    "PreActBlock",
+    "PreActHead",
+    "PreActResNetBottomUp",
+    "PreActResNetTopDown",
+    "PreActUpBlock",
+    "ResNetSpec",
+    "TFSameConv2d",
+    "TFSameMaxPool2d",
+    "TopDownNet",
+    "arrange_plain",
+    "arrange_resnet",
+    "arrange_widths",
+    "build_paper_b_net",
+    "plain_stage_units",
+    "preact_stage",
+    "same_conv",
+    "tf_same_pad",
+]
 
 
 # --------------------------------------------------------------------------- model bases
@@ -416,7 +214,7 @@ class PlainBottomUp(PaperBNet):
                 units.append(TFSameMaxPool2d(spec.pool_kernel, 2))
                 if spec.dropout:
                     units.append(nn.Dropout(spec.dropout))
-            units += _stage_units(stage, channels, norm, act)
+            units += plain_stage_units(stage, channels, norm, act)
             stages.append(nn.Sequential(*units))
             channels = stage.widths[-1]
         self.stages = nn.Sequential(*stages)
@@ -446,7 +244,7 @@ class PlainTopDown(TopDownNet):
     ) -> None:
         super().__init__(pyramid_method)
         high, mid, low = spec.stages
-        self.low_stage = nn.Sequential(*_stage_units(low, in_channels, norm, act))
+        self.low_stage = nn.Sequential(*plain_stage_units(low, in_channels, norm, act))
         channels = low.widths[-1]
         branches, merges, stages = [], [], []
         for stage in (mid, high):
@@ -454,7 +252,7 @@ class PlainTopDown(TopDownNet):
             branches.append(ConvBNAct(in_channels, width, stage.kernel, norm=norm, act=act))
             merges.append(MergeBlock(channels, width, norm=norm, act=act))
             dropout = [nn.Dropout(spec.dropout)] if spec.dropout else []
-            stages.append(nn.Sequential(*dropout, *_stage_units(stage, width, norm, act)))
+            stages.append(nn.Sequential(*dropout, *plain_stage_units(stage, width, norm, act)))
             channels = stage.widths[-1]
         self.branches = nn.ModuleList(branches)
         self.merges = nn.ModuleList(merges)
@@ -476,14 +274,6 @@ class PlainTopDown(TopDownNet):
 # --------------------------------------------------------------------------- ResNets
 
 
-def _preact_stage(
-    in_channels: int, width: int, blocks: int, stride: int, norm: NormFactory, act: ActFactory
-) -> nn.Sequential:
-    first = [PreActBlock(in_channels, width, stride, norm, act)] if blocks else []
-    rest = [PreActBlock(width, width, 1, norm, act) for _ in range(blocks - 1)]
-    return nn.Sequential(*first, *rest)
-
-
 class PreActResNetBottomUp(PaperBNet):
     """BU pre-activation ResNet (authors' ``ResNet``): conv3x3 stem, 3 stages of blocks."""
 
@@ -497,10 +287,10 @@ class PreActResNetBottomUp(PaperBNet):
     ) -> None:
         super().__init__()
         widths = spec.widths
-        self.stem = _conv(in_channels, widths[0], 3)
+        self.stem = same_conv(in_channels, widths[0], 3)
         self.stages = nn.Sequential(
             *(
-                _preact_stage(widths[max(i - 1, 0)], w, spec.blocks, 1 if i == 0 else 2, norm, act)
+                preact_stage(widths[max(i - 1, 0)], w, spec.blocks, 1 if i == 0 else 2, norm, act)
                 for i, w in enumerate(widths)
             )
         )
@@ -529,15 +319,15 @@ class PreActResNetTopDown(TopDownNet):
     ) -> None:
         super().__init__(pyramid_method)
         w_high, w_mid, w_low = spec.widths
-        self.stem = _conv(in_channels, w_low, 3)
-        self.low_stage = _preact_stage(w_low, w_low, spec.blocks, 1, norm, act)
-        self.branches = nn.ModuleList(_conv(in_channels, w, 3) for w in (w_mid, w_high))
+        self.stem = same_conv(in_channels, w_low, 3)
+        self.low_stage = preact_stage(w_low, w_low, spec.blocks, 1, norm, act)
+        self.branches = nn.ModuleList(same_conv(in_channels, w, 3) for w in (w_mid, w_high))
         self.ups = nn.ModuleList(
             PreActUpBlock(c_in, c_out, norm, act)
             for c_in, c_out in ((w_low, w_mid), (w_mid, w_high))
         )
         self.stages = nn.ModuleList(
-            _preact_stage(w, w, spec.blocks - 1, 1, norm, act) for w in (w_mid, w_high)
+            preact_stage(w, w, spec.blocks - 1, 1, norm, act) for w in (w_mid, w_high)
         )
         self.head = PreActHead(w_high, num_classes, norm, act)
         self._set_last_conv(self.stages[-1][-1] if len(self.stages[-1]) else self.ups[-1])
