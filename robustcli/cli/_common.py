@@ -102,3 +102,18 @@ def in_range(
         return value
 
     return check
+
+
+def exit_with_gate_report(report: Any) -> None:
+    """Print a ``robustcli.gates`` report on stderr (one ``gate:`` line per failure, or the
+    pass count) and exit with its code: what ``robust compare`` and ``robust study`` do with
+    ``--gates``."""
+    from rich.markup import escape
+
+    for line in report.lines():
+        err_console.print(f"[bold red]gate:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if report.passed:
+        err_console.print(
+            f"gates passed: {len(report.rules)} rules, {report.checked} checks", highlight=False
+        )
+    raise typer.Exit(code=report.exit_code)

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from robustcli.cli import options as opt
-from robustcli.cli._common import console, err_console, guarded
+from robustcli.cli._common import console, err_console, exit_with_gate_report, guarded
 
 STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
@@ -122,11 +122,4 @@ def compare_command(
             write_text(t, md, append=True)
 
     if report is not None:
-        for line in report.lines():
-            err_console.print(f"[bold red]gate:[/] {line}", highlight=False, soft_wrap=True)
-        if report.passed:
-            err_console.print(
-                f"gates passed: {len(report.rules)} rules, {report.checked} checks",
-                highlight=False,
-            )
-        raise typer.Exit(code=report.exit_code)
+        exit_with_gate_report(report)

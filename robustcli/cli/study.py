@@ -8,7 +8,13 @@ import typer
 from rich.markup import escape
 
 from robustcli.cli import options as opt
-from robustcli.cli._common import console, err_console, guarded, in_range
+from robustcli.cli._common import (
+    console,
+    err_console,
+    exit_with_gate_report,
+    guarded,
+    in_range,
+)
 
 
 @guarded
@@ -158,12 +164,4 @@ def study_command(
             "report: " + ", ".join(str(p) for p in paths.values()), highlight=False, soft_wrap=True
         )
     if gates is not None:
-        report = gate_report(rep, gates)
-        for line in report.lines():
-            err_console.print(f"[bold red]gate:[/] {escape(line)}", highlight=False, soft_wrap=True)
-        if report.passed:
-            err_console.print(
-                f"gates passed: {len(report.rules)} rules, {report.checked} checks",
-                highlight=False,
-            )
-        raise typer.Exit(code=report.exit_code)
+        exit_with_gate_report(gate_report(rep, gates))
