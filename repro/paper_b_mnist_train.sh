@@ -17,6 +17,6 @@ for seed in $seeds; do
     if [ -f "$run/model.safetensors" ]; then echo "done: $run"; continue; fi
     resume=""; [ -f "$run/last.safetensors" ] && resume="--resume"
     $robust train -m "$model" -d mnist --data-dir "$data" -r topdown -e "$epochs" \
-      --seed "$seed" -o "$run" $resume --progress plain
+      --seed "$seed" -o "$run" $resume --progress plain ${NORMALIZE:+--normalize "$NORMALIZE"}
   done
 done

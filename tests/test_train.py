@@ -296,3 +296,27 @@ def test_resume_after_kill_9_equals_uninterrupted(tmp_path, child_env):
     b = _tensors(out / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
     assert full.history[-1]["train_loss"] == resumed.history[-1]["train_loss"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "mean", "std"), [("none", (0.0,), (1.0,)), ("mean", (0.30546,), (1.0,))]
+)
+def test_normalize_is_stored_and_feeds_the_model(tmp_path, mode, mean, std):
+    out = tmp_path / "run"
+    train("bu-lenetfc", out=out, epochs=1, normalize=mode, **TINY)
+    ckpt = load_checkpoint(out / "model.safetensors")
+    assert ckpt.mean == mean and ckpt.std == std
+    x = torch.full((1, 1, 28, 28), 128, dtype=torch.uint8)
+    assert ckpt.prepare(x).flatten()[0].item() == pytest.approx((128 / 255 - mean[0]) / std[0])
+    config = json.loads((out / "config.json").read_text())
+    assert config["normalization"]["mode"] == mode
+    with pytest.raises(RobustError, match="--normalize dataset differs"):
+        train("bu-lenetfc", out=out, epochs=1, normalize="dataset", resume=True, **TINY)
+
+
+def test_unknown_normalize_is_refused_before_anything_is_written(tmp_path):
+    res = CliRunner().invoke(
+        app, ["train", "-m", "bu-lenetfc", "--normalize", "std", "-o", str(tmp_path / "r")]
+    )
+    assert res.exit_code == 2 and "--normalize 'std' is unknown" in res.output
+    assert not (tmp_path / "r").exists()

@@ -54,6 +54,13 @@ def train_command(
         "one's first checkpoint."
     ),
     compile: bool = typer.Option(False, "--compile", help="Use torch.compile (slow first epoch)."),
+    normalize: str | None = typer.Option(
+        None,
+        "--normalize",
+        help="Input normalisation stored with the model: dataset (default: the dataset's mean "
+        "and std), mean (subtract the mean only) or none (pixels in [0, 1], as Lelekas et al. "
+        "2020 feed MNIST).",
+    ),
     progress: str = opt.progress_option(),
 ) -> None:
     """Train a model; write model.safetensors, metrics.csv and config.json to a run folder.
@@ -94,5 +101,6 @@ def train_command(
         force=force,
         compile=compile,
         precision=precision,
+        normalize=normalize,
         progress=progress,  # the library resolves auto (train/ owns its reporters)
     )

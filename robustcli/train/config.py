@@ -38,6 +38,7 @@ DEFAULT_SEED = 0
 # Ranges of the numeric options (the CLI checks the same ones with ``in_range``).
 LR_RANGE = (0.0, 10.0)  # exclusive low: a larger peak lr only diverges
 SEED_MAX = 2**32 - 1  # NumPy's limit
+NORMALIZE_MODES = ("dataset", "mean", "none")
 
 EpochCallback = Callable[[dict[str, float]], None]
 
@@ -65,6 +66,7 @@ class TrainRequest:
     input_shape: Sequence[int] | None = None
     train_limit: int | None = None
     test_limit: int | None = None
+    normalize: str | None = None
     eval_every: int = 1
     progress: bool | str = "auto"
     callbacks: Sequence[EpochCallback] = ()
@@ -138,6 +140,7 @@ def _resume_args(req: TrainRequest) -> dict[str, Any]:
         "epochs": req.epochs,
         "batch_size": req.batch_size,
         "lr": req.lr,
+        "normalize": req.normalize,
     }
 
 
@@ -163,6 +166,7 @@ def _new_config(req: TrainRequest, info: runtime.DistInfo) -> dict[str, Any]:
         info=ds_info,
         train_limit=req.train_limit,
         test_limit=req.test_limit,
+        normalize=req.normalize,
     )
 
 
@@ -179,8 +183,13 @@ def resolve_config(
     info: DatasetInfo,
     train_limit: int | None,
     test_limit: int | None,
+    normalize: str | None = None,
 ) -> dict[str, Any]:
-    """The ``config.json`` document of a new run."""
+    """The ``config.json`` document of a new run.
+
+    ``normalize``: ``dataset`` (default: subtract the dataset's mean, divide by its std),
+    ``mean`` (subtract the mean only) or ``none`` (pixels in [0, 1], as Lelekas et al. feed MNIST).
+    """
     spec = get_model_spec(model_name)
     overrides = dict(model_overrides)
     if "num_classes" not in overrides and info.num_classes != spec.num_classes:
@@ -192,6 +201,14 @@ def resolve_config(
         target = (in_ch, *target)
     adapter = input_adapter(info.input_shape, target)
     mean, std = adapter.normalization(info.mean, info.std)
+    mode = normalize or "dataset"
+    if mode not in NORMALIZE_MODES:
+        raise RobustError(
+            f"unknown normalization {mode!r}: give one of {', '.join(NORMALIZE_MODES)}"
+        )
+    if mode != "dataset":
+        std = (1.0,) * len(std)
+        mean = mean if mode == "mean" else (0.0,) * len(mean)
     return {
         "schema": CONFIG_SCHEMA,
         "schema_version": 1,
@@ -202,7 +219,7 @@ def resolve_config(
         "dataset_info": info.to_dict(),
         "data_dir": str(Path(data_dir).expanduser().resolve()) if data_dir else None,
         "input": adapter.to_dict(),
-        "normalization": {"mean": list(mean), "std": list(std)},
+        "normalization": {"mean": list(mean), "std": list(std), "mode": mode},
         "hyperparameters": resolve_hyperparameters(recipe, dataset, hp_overrides),
         "seed": int(seed),
         "train_limit": train_limit,
@@ -246,6 +263,7 @@ _RESUME_CHECKED = {
     "epochs": ("hyperparameters", "epochs"),
     "batch_size": ("hyperparameters", "batch_size"),
     "lr": ("hyperparameters", "lr"),
+    "normalize": ("normalization", "mode"),
 }
 
 
@@ -273,6 +291,7 @@ __all__ = [
     "DEFAULT_DATASET",
     "DEFAULT_SEED",
     "LR_RANGE",
+    "NORMALIZE_MODES",
     "SEED_MAX",
     "EpochCallback",
     "TrainRequest",

@@ -25,7 +25,13 @@ from robustcli.data import DeviceBatches, InputAdapter, adapt_images, load_datas
 from robustcli.errors import RobustError
 from robustcli.io import atomic_write_json
 from robustcli.registry import get_model_spec
-from robustcli.train.config import EpochCallback, TrainRequest, check_numbers, configure
+from robustcli.train.config import (
+    NORMALIZE_MODES,
+    EpochCallback,
+    TrainRequest,
+    check_numbers,
+    configure,
+)
 from robustcli.train.loop import (
     Session,
     build_model,
@@ -88,6 +94,7 @@ def train(
     input_shape: Sequence[int] | None = None,
     train_limit: int | None = None,
     test_limit: int | None = None,
+    normalize: str | None = None,
     eval_every: int = 1,
     progress: bool | str = "auto",
     callbacks: Sequence[EpochCallback] = (),
@@ -118,6 +125,9 @@ def train(
         model_overrides: builder config overrides (e.g. ``{"pp": {"scales": [2, 3, 4]}}``).
         input_shape: model input ``C x H x W`` (or ``H x W``) instead of the zoo's.
         train_limit, test_limit: use only the first N images of each split (quick runs).
+        normalize: input normalisation stored with the model: ``dataset`` (default; the
+            dataset's mean and std), ``mean`` (mean subtraction only) or ``none`` (pixels in
+            [0, 1], the input of Lelekas et al. 2020 on MNIST).
         eval_every: evaluate on the test split every N epochs (and after the last).
         progress: ``auto`` (Rich bar on a terminal, log lines otherwise), ``rich``, ``plain``,
             ``none``/``False``.
@@ -139,6 +149,10 @@ def train(
         eval_every=eval_every,
     )
     get_model_spec(model_name)  # unknown names fail before anything else
+    if normalize is not None and normalize not in NORMALIZE_MODES:
+        raise RobustError(
+            f"--normalize {normalize!r} is unknown: give one of {', '.join(NORMALIZE_MODES)}"
+        )
     out_path = None if out is None else Path(out).expanduser()
     if resume and out_path is None:
         raise RobustError("--resume needs --out: the run folder to continue")
@@ -169,6 +183,7 @@ def train(
         input_shape=input_shape,
         train_limit=train_limit,
         test_limit=test_limit,
+        normalize=normalize,
         eval_every=int(eval_every),
         progress=progress,
         callbacks=callbacks,

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Paper B (Lelekas et al. 2020): the experiments beyond BU vs TD LeNetFC on MNIST.
+#   repro/paper_b_extra.sh MNIST_DATA CIFAR_TREE RUNS STEP...
+# STEP (run in the order given; each skips what is already done):
+#   raw      input normalisation: BU/TD LeNetFC, 3 epochs, seeds 0-2, trained on /255 pixels
+#            without mean/std (--normalize none, the paper's input), additive-noise attacks on
+#            300 images; compare with the normalised 3-epoch runs (same seeds and images).
+#   branch   Fig. 5 on MNIST: the 12-epoch TD LeNetFC (seed 0), adversarials fed to one input.
+#   cifar    NIN-light on CIFAR-10 (JPEG mirror; the zoo's 1x28x28 input, so grey 28x28),
+#            BU and TD, 2 epochs, seed 0; attacks on 200 images and the Fig. 5 branch test.
+#   arrange  TD_uni and TD_rev LeNetFC, 3 epochs, seeds 0-2, Gaussian/uniform noise vs BU.
+#   six      Fig. 6's other six attacks on 1,000 images, 12-epoch models, seed 0.
+# Needs the 3- and 12-epoch BU/TD runs of repro/paper_b_mnist_train.sh in RUNS.
+set -euo pipefail
+mnist=${1:?MNIST_DATA (holding MNIST/raw)}
+cifar=${2:?CIFAR_TREE}
+runs=${3:?RUNS}
+shift 3
+here=$(dirname "$0")
+robust=${ROBUST:-robust}
+noise=gaussian,uniform,gaussian-fb2,uniform-fb2
+attack() {  # OUT ARGS...: one robust attack run unless its result exists
+  local out=$1; shift
+  if [ -f "$out/attack.json" ]; then echo "done: $out"; return; fi
+  $robust attack "$@" --repeats 3 -o "$out" --no-progress
+}
+for step in "$@"; do
+  case $step in
+    raw)
+      NORMALIZE=none ROBUST=$robust "$here/paper_b_mnist_train.sh" "$mnist" "$runs/raw" 3 "0 1 2"
+      for s in 0 1 2; do
+        attack "$runs/raw/attack-td-lenetfc-e3-n300-noise-s$s" -c "$runs/raw/td-lenetfc-mnist-e3-s$s" \
+          --vs "$runs/raw/bu-lenetfc-mnist-e3-s$s" -d mnist --data-dir "$mnist" -n 300 -a $noise \
+          --seed "$s"
+      done ;;
+    branch)
+      attack "$runs/branch-td-lenetfc-e12-s0" -c "$runs/td-lenetfc-mnist-e12-s0" \
+        --branch all,high,mid,low -d mnist --data-dir "$mnist" -n 200 \
+        -a gaussian,uniform,salt-pepper,blur --seed 0 ;;
+    cifar)
+      for m in bu-nin-light td-nin-light; do
+        run="$runs/cifar/$m-cifar10-e2-s0"
+        [ -f "$run/model.safetensors" ] || $robust train -m $m -d cifar10 --data-dir "$cifar" \
+          -r topdown -e 2 --seed 0 -o "$run" --progress plain --force
+      done
+      attack "$runs/cifar/attack-td-nin-light-e2-n200-s0" -c "$runs/cifar/td-nin-light-cifar10-e2-s0" \
+        --vs "$runs/cifar/bu-nin-light-cifar10-e2-s0" -d cifar10 --data-dir "$cifar" -n 200 \
+        -a gaussian,uniform,blur --seed 0
+      attack "$runs/cifar/branch-td-nin-light-e2-s0" -c "$runs/cifar/td-nin-light-cifar10-e2-s0" \
+        --branch all,high,mid,low -d cifar10 --data-dir "$cifar" -n 200 -a gaussian,uniform,blur \
+        --seed 0 ;;
+    arrange)
+      ROBUST=$robust "$here/paper_b_mnist_train.sh" "$mnist" "$runs" 3 "0 1 2" "td-uni-lenetfc td-rev-lenetfc"
+      for td in td-uni-lenetfc td-rev-lenetfc; do
+        for s in 0 1 2; do
+          attack "$runs/attack-$td-e3-n200-gu-s$s" -c "$runs/$td-mnist-e3-s$s" \
+            --vs "$runs/bu-lenetfc-mnist-e3-s$s" -d mnist --data-dir "$mnist" -n 200 \
+            -a gaussian,uniform --seed "$s"
+        done
+      done ;;
+    six)
+      NO_SUMMARY=1 ROBUST=$robust "$here/paper_b_mnist_attack.sh" "$mnist" "$runs" 12 0 \
+        salt-pepper,pointwise,blur,contrast,blended,spatial 1000 ;;
+    *) echo "unknown step $step" >&2; exit 2 ;;
+  esac
+done
