@@ -229,8 +229,9 @@ def test_cli_trains_the_embedded_default_and_refuses_reuse(tmp_path):
     args = ["train", "--model", "resnet20", "--epochs", "1", "--batch-size", "256"]
     res = runner.invoke(app, [*args, "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert "epoch 1/1" in res.output  # plain log lines when stdout is not a terminal
-    assert "resize 8x8 -> 32x32" in res.output
+    # plain progress lines on stderr (not a terminal), the result line alone on stdout
+    assert "epoch 1/1" in res.stderr and "resize 8x8 -> 32x32" in res.stderr
+    assert res.stdout.startswith("done in ") and len(res.stdout.splitlines()) == 1
     assert load_checkpoint(out).input.target_shape == (3, 32, 32)
     again = runner.invoke(app, [*args, "--out", str(out)])
     assert again.exit_code == 2 and "already exists" in again.output

@@ -31,7 +31,11 @@ from robustcli.train.recipes import describe_schedule
 
 
 class Reporter:
-    """The progress interface of the loop; this base class shows nothing."""
+    """The progress interface of the loop; this base class shows nothing.
+
+    Progress (the header, a bar or one line per epoch) goes to stderr; the final ``done`` line,
+    the run's result, to stdout, so ``robust train ... > result.txt`` keeps only the result.
+    """
 
     def start(self, header: str, total_steps: int, done_steps: int) -> None:
         pass
@@ -45,6 +49,9 @@ class Reporter:
     def message(self, text: str) -> None:
         pass
 
+    def done(self, text: str) -> None:
+        pass
+
     def stop(self) -> None:
         pass
 
@@ -53,10 +60,13 @@ class _Plain(Reporter):
     """One line per epoch, for logs and pipes."""
 
     def __init__(self, stream: Any = None) -> None:
-        self.stream = stream or sys.stdout
+        self.stream = stream or sys.stderr
 
     def message(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
+
+    def done(self, text: str) -> None:
+        print(text, file=sys.stdout, flush=True)
 
     def start(self, header: str, total_steps: int, done_steps: int) -> None:
         self.message(header)
@@ -73,7 +83,7 @@ class _Rich(Reporter):
 
         from robustcli.progress import progress_bar
 
-        self.console = Console()
+        self.console = Console(stderr=True)
         self.progress = progress_bar(
             "[bold]{task.description}",
             stats_field="stats",
@@ -84,6 +94,9 @@ class _Rich(Reporter):
 
     def message(self, text: str) -> None:
         self.progress.console.print(text, highlight=False)
+
+    def done(self, text: str) -> None:
+        print(text, file=sys.stdout, flush=True)
 
     def start(self, header: str, total_steps: int, done_steps: int) -> None:
         self.progress.start()
@@ -114,7 +127,7 @@ def reporter(progress: bool | str, info: runtime.DistInfo) -> Reporter:
     if not info.is_main or progress is False or progress == "none":
         return Reporter()
     if progress == "auto":
-        return _Rich() if sys.stdout.isatty() else _Plain()
+        return _Rich() if sys.stderr.isatty() else _Plain()
     if progress in (True, "rich"):
         return _Rich()
     if progress == "plain":

@@ -331,7 +331,7 @@ def _finish(
             s.rundir.path / "result.json",
             result_document(config, checkpoint_path, meta, s.history, ips, wall),
         )
-        report.message(done_line(time.perf_counter() - t_start, metrics, checkpoint_path))
+        report.done(done_line(time.perf_counter() - t_start, metrics, checkpoint_path))
     runtime.barrier(s.info)
     return TrainResult(
         model=s.model,
