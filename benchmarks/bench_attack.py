@@ -11,11 +11,13 @@ and incorrectly classified test images, in batches of ``--batch-size`` on ``--de
 Reported per attack: seconds, attacked images/s (clean-correct images; the others are not
 attacked), model evaluations per attacked image, forward-only and with an input gradient (from the
 runner's counters: machine-independent), the overhead (measured time over the time of those model
-calls at the measured model speed), median minimal L2, and the estimated time of the command's
-defaults on 1,000 images: ``1000 * clean_acc * runs / (images/s)`` with ``runs`` = 3 for
-stochastic attacks (paper B's repeats) and 1 for deterministic ones. The model's own forward and
-forward+backward throughput at the batch size is measured first; ``--ref-forward`` /
-``--ref-backward`` rescale the estimate to another machine's model speed (``at ref``).
+calls at the measured model speed) and its inverse, the efficiency (time the model calls
+would take alone at the measured speed / wall time; goal >= 0.6), median minimal L2, and the
+estimated time of the command's defaults on 1,000 images: ``1000 * clean_acc * runs /
+(images/s)`` with ``runs`` = 3 for stochastic attacks (paper B's repeats) and 1 for
+deterministic ones. The model's own forward and forward+backward throughput at the batch
+size is measured first; ``--ref-forward`` / ``--ref-backward`` rescale the estimate to another
+machine's model speed (``at ref``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import header, info  # noqa: E402
 
 
 def model_throughput(target, x: torch.Tensor, reps: int = 5) -> tuple[float, float]:
@@ -84,6 +90,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(header(), flush=True)
     device = resolve_device(args.device)
     am = load_attack_model(
         args.model if not args.checkpoint else None,
@@ -107,7 +114,8 @@ def main() -> None:
     ref_bwd = args.ref_backward or bwd
     print(
         f"{'attack':12s} {'s':>7s} {'img/s':>7s} {'fwd/img':>8s} {'grad/img':>8s} "
-        f"{'overhead':>8s} {'med L2':>7s} {'cut':>4s} {'1000 imgs, s':>12s} {'at ref, s':>10s}"
+        f"{'overhead':>8s} {'effic.':>6s} {'med L2':>7s} {'cut':>4s} {'1000 imgs, s':>12s} "
+        f"{'at ref, s':>10s}"
     )
 
     rows = []
@@ -142,6 +150,7 @@ def main() -> None:
             "forward_evals_per_image": fwd_only,
             "gradient_evals_per_image": grad,
             "overhead_vs_model_time": overhead,
+            "efficiency": 1 / overhead if overhead > 0 else math.nan,
             "median_l2": median_l2(out.distances, out.clean_correct),
             "success": float((out.status == "adversarial").sum() / max(1, out.clean_correct.sum())),
             "cut": out.n_cut,
@@ -152,11 +161,18 @@ def main() -> None:
         rows.append(row)
         print(
             f"{name:12s} {out.seconds:7.1f} {ips:7.2f} {fwd_only:8.0f} {grad:8.0f} "
-            f"{overhead:8.2f} {row['median_l2']:7.3f} {out.n_cut:4d} {est:12.0f} {est_ref:10.0f}",
+            f"{overhead:8.2f} {row['efficiency']:6.2f} {row['median_l2']:7.3f} {out.n_cut:4d} "
+            f"{est:12.0f} {est_ref:10.0f}",
             flush=True,
         )
 
     default_set = [a for a in resolve_attacks(args.defaults) if a in names]
+    low = [f"{r['attack']} {r['efficiency']:.2f}" for r in rows if not r["efficiency"] >= 0.6]
+    print(
+        f"efficiency (model-call time alone / wall time; goal >= 0.6): "
+        f"min {min((r['efficiency'] for r in rows), default=math.nan):.2f}; "
+        f"below 0.6: {', '.join(low) or 'none'}"
+    )
     total = sum(r["est_seconds_1000"] for r in rows if r["attack"] in default_set)
     total_ref = sum(r["est_seconds_1000_at_ref"] for r in rows if r["attack"] in default_set)
     print(
@@ -176,6 +192,7 @@ def main() -> None:
                     "device": str(device),
                     "threads": torch.get_num_threads(),
                     "loadavg_1min": os.getloadavg()[0],
+                    "machine": info(),
                     "cpu": platform.processor() or platform.machine(),
                     "batch_size": args.batch_size,
                     "model_forward_img_s": fwd,

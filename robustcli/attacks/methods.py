@@ -12,7 +12,8 @@ Foolbox gives two kinds of attacks; paper B's curve needs the smallest successfu
   directly: ``FoolboxMinimization`` calls their ``run`` (the unclipped result);
 - ``GaussianBlurSearch`` and ``BlendedNoiseSearch`` run Foolbox's blur and blended-noise searches
   but stop evaluating an image once it is done (Foolbox classifies the whole batch at every step
-  until the last image is fooled);
+  until the last image is fooled), and evaluate several steps per model call once few images are
+  left, so that the calls stay full;
 - fixed-epsilon attacks (additive noise, PGD) return an adversarial *within* a given epsilon:
   ``EpsilonSearch`` turns them into minimization attacks by a search over a geometric epsilon
   grid, then bisection on each sample's bracket;
@@ -287,15 +288,70 @@ class PointwiseSearch(AttackMethod):
         return out
 
 
+def reflect_index(i: np.ndarray, n: int) -> np.ndarray:
+    """scipy.ndimage's ``mode="reflect"`` (``d c b a | a b c d | d c b a``, repeated for
+    offsets beyond the image): the index of the pixel that position ``i`` reads."""
+    j = np.mod(i, 2 * n)
+    return np.where(j >= n, 2 * n - 1 - j, j)
+
+
+def gaussian_matrix(sigma: float, n: int, truncate: float = 4.0) -> np.ndarray:
+    """The ``n x n`` (float64) matrix of scipy's ``gaussian_filter1d(sigma, mode="reflect",
+    truncate=truncate)`` on a line of ``n`` values: ``out = M @ line``. Same kernel (radius
+    ``int(truncate * sigma + 0.5)``, normalised to sum 1) and the same reflection at the borders,
+    also when the kernel is wider than the line."""
+    radius = int(truncate * float(sigma) + 0.5)
+    k = np.arange(-radius, radius + 1)
+    w = np.exp(-0.5 / (float(sigma) * float(sigma)) * k**2)
+    w = w / w.sum()
+    m = np.zeros((n, n))
+    rows = np.repeat(np.arange(n), len(k))
+    cols = reflect_index(np.arange(n)[:, None] + k[None, :], n).ravel()
+    np.add.at(m, (rows, cols), np.tile(w, n))
+    return m
+
+
+def gaussian_blur(x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
+    """``x`` (N x C x H x W) blurred over H and W with each of ``sigmas``: K x N x C x H x W.
+
+    Equals ``scipy.ndimage.gaussian_filter(x, [0, 0, sigma, sigma])`` (mode reflect, truncate 4)
+    within float rounding: the separable filter as two batched matrix products, each accumulated
+    in float64 and rounded to ``x.dtype`` after each axis, as scipy does (tested against it)."""
+    h, w = x.shape[-2:]
+    mh = torch.from_numpy(np.stack([gaussian_matrix(s, h) for s in sigmas])).to(x.device)
+    mw = mh if w == h else torch.from_numpy(np.stack([gaussian_matrix(s, w) for s in sigmas]))
+    mw = mw.to(x.device)
+    xd = x.double()
+    # H first, then W (scipy's axis order), rounding to the input dtype in between
+    t = torch.einsum("kih,nchw->knciw", mh, xd).to(x.dtype).double()
+    return torch.einsum("knciw,kjw->kncij", t, mw).to(x.dtype)
+
+
+def steps_per_call(todo: int, batch: int, done: int, left: int) -> int:
+    """How many consecutive steps of a linear search to evaluate in one model call for ``todo``
+    images: enough to fill a call of ``batch`` images, at most the ``done`` steps taken so far
+    (so a search never evaluates more than about twice the steps it needs) and the ``left``."""
+    return max(1, min(batch // max(todo, 1), max(done, 1), left))
+
+
+def first_success(ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ok`` (K x T, step-major): per column, whether any step succeeded and the first one."""
+    k = torch.arange(ok.shape[0], 0, -1, device=ok.device).unsqueeze(1)
+    return ok.any(dim=0), (ok * k).argmax(dim=0)
+
+
 class GaussianBlurSearch(AttackMethod):
     """Foolbox's GaussianBlurAttack, evaluating only the images not fooled yet.
 
     Same algorithm and numbers as ``fb.attacks.GaussianBlurAttack(distance=l2, steps=steps)``:
     sigma grows linearly (``k / steps * max_sigma``, ``max_sigma = max(H, W)``), each image is
-    blurred with scipy's ``gaussian_filter`` over H and W, clipped, and keeps the first sigma that
-    fools. Foolbox blurs and classifies the whole batch at every step until all are fooled (its
-    own TODO), so one image that resists makes every image of its batch cost ``steps`` model
-    calls; here an image costs only the steps it needs.
+    blurred as scipy's ``gaussian_filter`` over H and W (``gaussian_blur``: the same filter as
+    batched matrix products), clipped, and keeps the first sigma that fools. Foolbox blurs and
+    classifies the whole batch at every step until all are fooled (its own TODO), so one image
+    that resists makes every image of its batch cost ``steps`` model calls; here an image costs
+    only the steps it needs. Once few images are left, one model call evaluates several
+    consecutive sigmas of each (``steps_per_call``): the first fooling sigma is the same, the
+    calls stay full.
     """
 
     stochastic = False
@@ -306,24 +362,30 @@ class GaussianBlurSearch(AttackMethod):
         self.steps = int(steps)
         self.max_sigma = max_sigma
 
-    def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from scipy.ndimage import gaussian_filter
-
-        x0 = x.detach().cpu().numpy()
+    def sigmas(self, x: torch.Tensor) -> list[float]:
+        """Foolbox's sigmas: ``epsilon`` accumulated by ``1 / steps`` (as Foolbox does, so they
+        are identical), times ``max_sigma``."""
         max_sigma = self.max_sigma if self.max_sigma is not None else max(x.shape[2:])
+        out, epsilon, stepsize = [], 0.0, 1.0 / self.steps
+        for _ in range(self.steps):
+            epsilon += stepsize
+            out.append(epsilon * max_sigma)
+        return out
+
+    def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        sigmas = self.sigmas(x)
         result = x.clone()
         todo = torch.arange(len(x), device=x.device)
-        epsilon, stepsize = 0.0, 1.0 / self.steps
-        for _ in range(self.steps):
-            if len(todo) == 0:
-                break
-            epsilon += stepsize  # accumulated as Foolbox does, so the sigmas are identical
-            sigma = epsilon * max_sigma
-            blurred = gaussian_filter(x0[todo.cpu().numpy()], [0, 0, sigma, sigma])
-            xb = torch.from_numpy(np.clip(blurred, 0.0, 1.0)).to(x)
-            ok = ctx.is_adversarial(xb, y[todo], todo)
-            result[todo[ok]] = xb[ok]
-            todo = todo[~ok]
+        step = 0
+        while len(todo) and step < len(sigmas):
+            k = steps_per_call(len(todo), len(x), step, len(sigmas) - step)
+            xb = gaussian_blur(x[todo], sigmas[step : step + k]).clamp_(0.0, 1.0)
+            ok = ctx.is_adversarial(xb.flatten(0, 1), y[todo].repeat(k), todo.repeat(k))
+            hit, first = first_success(ok.view(k, len(todo)))
+            found = torch.nonzero(hit).flatten()
+            result[todo[found]] = xb[first[found], found]
+            todo = todo[~hit]
+            step += k
         return result
 
 
@@ -336,6 +398,9 @@ class BlendedNoiseSearch(AttackMethod):
     first ``eps`` that fools (an image whose noise never fooled is still searched, as in Foolbox).
     Foolbox draws and classifies the whole batch until every image is done; here each image
     costs only its own draws and steps (the random numbers differ, the distribution does not).
+    Once few images are left, one model call evaluates several draws or steps of each
+    (``steps_per_call``): the first fooling draw of i.i.d. draws has the same distribution, and
+    the first fooling ``eps`` is the same.
     """
 
     stochastic = True
@@ -351,29 +416,37 @@ class BlendedNoiseSearch(AttackMethod):
         noise = torch.empty_like(x)
         drawn = torch.zeros(n, dtype=torch.bool, device=x.device)
         todo = torch.arange(n, device=x.device)
-        for _ in range(self.directions):
-            if len(todo) == 0:
-                break
-            draw = torch.rand_like(x[todo])
-            noise[todo] = draw
-            ok = ctx.is_adversarial(draw, y[todo], todo)
-            drawn[todo[ok]] = True
-            todo = todo[~ok]
+        done = 0
+        while len(todo) and done < self.directions:
+            k = steps_per_call(len(todo), n, done, self.directions - done)
+            draw = torch.rand((k, len(todo), *x.shape[1:]), dtype=x.dtype, device=x.device)
+            ok = ctx.is_adversarial(draw.flatten(0, 1), y[todo].repeat(k), todo.repeat(k))
+            hit, first = first_success(ok.view(k, len(todo)))
+            # the first fooling draw; the last draw where none fooled (as Foolbox keeps it)
+            noise[todo] = draw[torch.where(hit, first, k - 1), torch.arange(len(todo))]
+            drawn[todo[hit]] = True
+            todo = todo[~hit]
+            done += k
         if not drawn.all():
             warnings.warn(
                 f"{type(self).__name__} failed to draw sufficient random inputs that are "
                 f"adversarial ({int(drawn.sum())} / {n}).",
                 stacklevel=2,
             )
+        eps_all = torch.from_numpy(np.linspace(0, 1, num=self.steps + 1, dtype=np.float32)[1:])
+        eps_all = eps_all.to(device=x.device, dtype=x.dtype)
         best = torch.ones(n, dtype=x.dtype, device=x.device)
         todo = torch.arange(n, device=x.device)
-        for eps in np.linspace(0, 1, num=self.steps + 1, dtype=np.float32)[1:].tolist():
-            if len(todo) == 0:
-                break
-            xb = (1 - eps) * x[todo] + eps * noise[todo]
-            ok = ctx.is_adversarial(xb, y[todo], todo)
-            best[todo[ok]] = eps
-            todo = todo[~ok]
+        step = 0
+        while len(todo) and step < self.steps:
+            k = steps_per_call(len(todo), n, step, self.steps - step)
+            e = eps_all[step : step + k].view(k, 1, *([1] * (x.ndim - 1)))
+            xb = (1 - e) * x[todo] + e * noise[todo]
+            ok = ctx.is_adversarial(xb.flatten(0, 1), y[todo].repeat(k), todo.repeat(k))
+            hit, first = first_success(ok.view(k, len(todo)))
+            best[todo[hit]] = eps_all[step + first[hit]]
+            todo = todo[~hit]
+            step += k
         b = best.view(-1, *([1] * (x.ndim - 1)))
         return (1 - b) * x + b * noise
 
