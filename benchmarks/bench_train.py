@@ -12,11 +12,19 @@ variants interleaved round by round so that a change in machine load hits all of
   bf16 (``--precision auto``; fp32 elsewhere).
 - ablations: ``ours-fp32-nchw`` (only the data path changed) and ``ours-fp32-cl`` (+ NHWC).
 
+With ``--models A,B,...`` it instead times our loop's training step for each model (same data,
+precision and layout, interleaved round by round) and prints each step's time relative to the
+first model, next to the ratio of their multiply-adds (``robustcli.layers.cost``: push-pull
+layers at the fused kernel's FLOP floor). Goals on an idle CPU (issue #16): pp-resnet20 <= 1.25x
+and mspp-resnet20 <= 1.75x resnet20.
+
 Usage::
 
     python benchmarks/bench_train.py --data-dir /tmp/cifar          # CIFAR-10 (JPEG mirror)
     python benchmarks/bench_train.py                                 # embedded digits at 32x32
     python benchmarks/bench_train.py --steps 20 --rounds 3 --out out.json
+    python benchmarks/bench_train.py --models resnet20,pp-resnet20,mspp-resnet20
+    python benchmarks/bench_train.py --models resnet20,pp-resnet20 --precision fp32
 
 Images/s counts training images through forward, backward and the SGD step, data loading
 included; warm-up steps (oneDNN primitive creation, DataLoader start) are excluded.
@@ -29,15 +37,29 @@ import itertools
 import json
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robustcli import runtime
-from robustcli.data import DeviceBatches, adapt_images, dataset_info, input_adapter, load_dataset
-from robustcli.registry import create_model, get_model_spec
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import header, info  # noqa: E402
+
+from robustcli import runtime  # noqa: E402
+from robustcli.data import (  # noqa: E402
+    DeviceBatches,
+    adapt_images,
+    dataset_info,
+    input_adapter,
+    load_dataset,
+)
+from robustcli.layers.cost import model_cost  # noqa: E402
+from robustcli.registry import create_model, get_model_spec  # noqa: E402
+
+GOALS = {"pp-resnet20": 1.25, "mspp-resnet20": 1.75}
 
 
 def load_images(
@@ -154,6 +176,71 @@ def timed(gen, steps: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def compare_models(args: argparse.Namespace) -> None:
+    """Our training step for each of ``args.models``, relative to the first one."""
+    names = [m for m in args.models.split(",") if m]
+    prec = runtime.resolve_precision(args.precision, torch.device("cpu"))
+    data, variants, floors = {}, {}, {}
+    for name in names:
+        x, y, mean, std, label = data.setdefault(
+            get_model_spec(name).input_shape, load_images(args.data_dir, name)
+        )
+        common = (name, x, y, mean, std, args.batch_size)
+        variants[name] = our_steps(*common, args.precision, True, args.seed)
+        floors[name] = model_cost(create_model(name), tuple(x.shape[1:]))
+    print(
+        f"{label}, batch {args.batch_size}, {torch.get_num_threads()} threads, precision {prec}, "
+        f"channels_last; {args.rounds} rounds x {args.steps} steps, interleaved",
+        flush=True,
+    )
+    for gen in variants.values():  # warm-up
+        for _ in itertools.islice(gen, args.warmup):
+            pass
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(args.rounds):
+        for name, gen in variants.items():
+            rates[name].append(timed(gen, args.steps))
+        print(
+            f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()), flush=True
+        )
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    ref, ref_macs = med[names[0]], floors[names[0]].fused
+    print(
+        f"\n{'model':22s} {'images/s':>9s} {'step ms':>8s} {'x ' + names[0]:>14s} "
+        f"{'MACs floor':>10s}"
+    )
+    ratios = {}
+    for name, v in med.items():
+        ratios[name] = ref / v
+        floor = floors[name].fused / ref_macs
+        goal = GOALS.get(name) if names[0] == "resnet20" else None
+        note = (
+            f"  goal <= {goal:.2f}x: {'met' if ratios[name] <= goal else 'MISSED'}" if goal else ""
+        )
+        print(
+            f"{name:22s} {v:9.0f} {args.batch_size / v * 1e3:8.1f} {ratios[name]:14.2f} "
+            f"{floor:10.2f}{note}"
+        )
+    print(
+        "MACs floor: the model's forward+backward multiply-adds (convolutions, push-pull layers at "
+        f"the fused kernel's floor, linear) / {names[0]}'s; BN, activations, data and optimizer "
+        "are not counted."
+    )
+    if args.json:
+        payload = {
+            "machine": info(),
+            "models": names,
+            "precision": prec,
+            "batch_size": args.batch_size,
+            "rounds": rates,
+            "median_images_per_s": med,
+            "step_time_ratio": ratios,
+            "macs_floor_ratio": {k: c.fused / ref_macs for k, c in floors.items()},
+        }
+        with open(args.json, "w") as fh:
+            json.dump(payload, fh, indent=2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=os.environ.get("ROBUSTCLI_CIFAR_DIR"))
@@ -168,9 +255,23 @@ def main() -> None:
     ap.add_argument(
         "-o", "--out", "--json", dest="json", default=None, help="write the numbers to this file"
     )
+    ap.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated models: time our step for each, relative to the first",
+    )
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        help="with --models: auto (bf16 autocast on CPUs with native bf16), bf16 or fp32",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(header(), flush=True)
+    if args.models:
+        compare_models(args)
+        return
 
     x, y, mean, std, label = load_images(args.data_dir, args.model)
     common = (args.model, x, y, mean, std, args.batch_size)
@@ -215,6 +316,7 @@ def main() -> None:
             "speedup": med["ours"] / ref,
             "torch": torch.__version__,
             "numpy": np.__version__,
+            "machine": info(),
         }
         with open(args.json, "w") as fh:
             json.dump(payload, fh, indent=2)

@@ -178,3 +178,68 @@ def test_multiscale_equations_3_to_5():
     # one push kernel: shared by every scale, stored once
     assert sum(1 for k in m.state_dict() if k.endswith("weight") and "push" in k) == 1
     assert m.fuse.in_channels == 12 and m.fuse.out_channels == 4
+
+
+# ---- multiply-add counts (robustcli/layers/cost.py): checked against torch's FLOP counter ----
+
+
+def _counted_forward_flops(module: torch.nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module(x)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize(("k", "h"), [(3, 2), (3, 3), (5, 2), (3, 2.5)])
+def test_pull_taps_are_the_nonzeros_of_linear_interpolation(k, h):
+    from robustcli.layers.cost import pull_taps
+
+    s = pull_kernel_size(k, h)
+    # a row j interpolates at j*(k-1)/(s-1): one tap where that is an integer, else two
+    on_grid = sum(1 for j in range(s) if (j * (k - 1)) % (s - 1) == 0)
+    assert pull_taps(bilinear_matrix(k, s)) == 2 * s - on_grid
+
+
+def test_layer_costs_match_torch_flop_counter():
+    """``conv`` and ``definition`` (forward = a third of forward+backward) against
+    FlopCounterMode on the plain conv and on the dense layers (2 FLOPs per multiply-add); the
+    fused floor lies between the two."""
+    from robustcli.layers.cost import layer_cost
+
+    x = torch.randn(1, 6, 8, 8)
+    pixels = 8 * 8
+    conv = torch.nn.Conv2d(6, 5, 3, padding=1, bias=False)
+    assert layer_cost(conv).conv // 3 * 2 * pixels == _counted_forward_flops(conv, x)
+    for layer in (
+        PushPullConv2d(6, 5, pull_impl="dense"),
+        PushPullConv2d(6, 5, scale=3, rectify="gelu", pull_impl="dense"),
+        PushPullConv2d(6, 5, rectify="none", pull_impl="dense"),  # one folded 7x7 conv
+    ):
+        cost = layer_cost(layer)
+        assert cost.definition // 3 * 2 * pixels == _counted_forward_flops(layer, x)
+        assert cost.conv == layer_cost(conv).conv
+        assert 1 < cost.floor_ratio < cost.definition_ratio
+    # stride 2: the shared GEMM runs at every input pixel, 4 output pixels' worth
+    strided = layer_cost(PushPullConv2d(6, 5, stride=2))
+    assert strided.fused - layer_cost(PushPullConv2d(6, 5)).fused == 3 * strided.conv
+    # MSPP without attention: push, two dense pulls and the 1x1 fusion are all the FLOPs
+    mspp = MultiScalePushPull(6, 5, attention="none", pull_impl="dense")
+    cost = layer_cost(mspp)
+    assert cost.definition // 3 * 2 * pixels == _counted_forward_flops(mspp, x)
+    assert layer_cost(MultiScalePushPull(6, 5)).fused > cost.fused  # SE reads the means
+    assert cost.floor_ratio > layer_cost(PushPullConv2d(6, 5)).floor_ratio
+
+
+def test_model_cost_counts_every_conv_and_linear_layer():
+    from robustcli.layers.cost import model_cost
+    from robustcli.registry import create_model
+
+    plain, pp = create_model("resnet20").train(), create_model("pp-resnet20").eval()
+    c_plain, c_pp = model_cost(plain, (3, 32, 32)), model_cost(pp, (3, 32, 32))
+    assert plain.training and not pp.training  # the count leaves the mode as it was
+    assert c_plain.conv // 3 * 2 == _counted_forward_flops(plain.eval(), torch.randn(1, 3, 32, 32))
+    # push-pull replaced by plain convs: the same network as resnet20
+    assert c_pp.conv == c_plain.conv == c_plain.fused
+    assert c_plain.conv < c_pp.fused < c_pp.definition
