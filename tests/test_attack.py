@@ -161,8 +161,10 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def test_models_learned_something(bu, td, digits16):
     _, _, xte, yte = digits16
-    assert (_predict(bu, xte) == yte).float().mean() > 0.8
-    assert (_predict(td, xte) == yte).float().mean() > 0.8
+    # well above chance (10 %); 100 Adam steps land at 0.77-0.88 (BU) depending on the thread
+    # count (float summation order), so the bar is not set at the edge of that range
+    assert (_predict(bu, xte) == yte).float().mean() > 0.7
+    assert (_predict(td, xte) == yte).float().mean() > 0.7
 
 
 # ------------------------------------------------------------------ verified, measured distances
