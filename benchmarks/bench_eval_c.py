@@ -4,17 +4,25 @@ The reference loop is RobustBench's ``corruptions_evaluation`` + ``clean_accurac
 corruption and severity, the first ``n`` images of the memory-mapped ``.npy`` file, batches of
 100 converted to NCHW float in [0, 1] one by one, a model that normalises inside, fp32,
 ``model.eval()`` and ``torch.no_grad()``. Ours is ``robustcli.evaluate.evaluate_corruptions`` on
-the same files, timed end to end (model preparation included). Both count correct predictions;
-the script checks they agree.
+the same files, timed end to end (model preparation included), twice: at the default precision
+(``--precision auto``: ``bf16-checked`` on CPUs with native bf16, fp32 for push-pull models; see
+``robustcli.evaluate.loop``) and at ``fp32`` when that differs. Both count correct predictions;
+the script prints how many counts differ from the reference loop's (fp32 must give 0;
+``bf16-checked`` is meant to).
+
+``--profile`` adds a ``torch.profiler`` table (self CPU time per operator) of the reference loop
+and of ours on the first corruption; ours then runs with one worker thread (the profiler records
+the thread that starts it, not the worker pool's threads).
 
 Data: real CIFAR-10 test images, from ``--data-dir DIR`` (an ImageFolder tree such as the extracted
 JPEG mirror, ``DIR/test/<class>/*.jpg``) or else foolbox's 20 CIFAR-10 samples tiled; the
 corrupted files are written once with ``robustcli.corruptions.generate_dataset`` (not timed).
 Models are the registry's, randomly initialised with a fixed seed (throughput does not depend on
-the weights), or ``--checkpoint``.
+the weights), or trained ones with ``--checkpoint PATH`` (repeatable; replaces ``--models``): a
+trained model has more near ties for ``bf16-checked`` to predict again than random weights.
 
     python benchmarks/bench_eval_c.py                         # foolbox samples, tiled to 500
-    python benchmarks/bench_eval_c.py --data-dir /tmp/cifar/cifar10 -n 1000 --models resnet20
+    python benchmarks/bench_eval_c.py --data-dir /tmp/cifar -n 500 --models resnet20 --profile
 """
 
 from __future__ import annotations
@@ -22,17 +30,23 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from robustcli.corruptions import generate_dataset
-from robustcli.evaluate import OfficialSource, evaluate_corruptions
+from robustcli.evaluate import OfficialSource, eval_precision, evaluate_corruptions
 from robustcli.registry import create_model, get_dataset_spec
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import header  # noqa: E402
 
 
 def foolbox_images(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +104,29 @@ def robustbench_loop(model, root: Path, corruptions, n: int, batch_size: int = 1
     return correct
 
 
+def _models(names: str, checkpoints: list[str]) -> list[tuple[str, nn.Module]]:
+    """The registry's models with seeded random weights, or the given trained checkpoints."""
+    if checkpoints:
+        from robustcli.models import load_model, resolve_reference
+
+        loaded = [load_model(resolve_reference(c)) for c in checkpoints]
+        return [(f"{ck.name} (trained)", ck.model.eval()) for ck in loaded]
+    out = []
+    for name in names.split(","):
+        torch.manual_seed(0)
+        out.append((name, create_model(name).eval()))
+    return out
+
+
+def profile_table(run: Callable[[], Any], rows: int = 12) -> str:
+    """Self CPU time per operator while ``run()`` runs (every thread), as torch prints it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     # option names as in `robust` (old spellings kept: --data, --n)
@@ -112,9 +149,15 @@ def main() -> None:
     ap.add_argument("--models", default="resnet20,pp-resnet20")
     ap.add_argument("--batch-size", type=int, default=None, help="ours [the default]")
     ap.add_argument("--threads", type=int, default=None, help="torch threads [torch's default]")
+    ap.add_argument(
+        "--precision", default="auto", help="ours, first line [auto]; the second is fp32"
+    )
+    ap.add_argument("--profile", action="store_true", help="print torch.profiler tables")
+    ap.add_argument("--checkpoint", action="append", default=[], help="trained model (repeatable)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(header())
     corruptions = args.corruptions.split(",")
     if args.data:
         images, labels = folder_images(args.data, args.n)
@@ -123,40 +166,64 @@ def main() -> None:
         images, labels = foolbox_images(args.n)
         source = f"foolbox's 20 CIFAR-10 test images tiled to {len(images)}"
     spec = get_dataset_spec("cifar10")
+    cpu = torch.device("cpu")
     print(f"data: {source}; corruptions: {', '.join(corruptions)} x 5 severities")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu")
+    print(f"ours: --precision {args.precision} (resolved per model), then fp32 (same files)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "c10c"
         generate_dataset(images, labels, root, corruptions, seed=0, progress=False)
         total = len(corruptions) * 5 * len(images)
-        for name in args.models.split(","):
-            torch.manual_seed(0)
-            model = create_model(name).eval()
+        first = corruptions[:1]  # warm-up and --profile
+        for name, model in _models(args.models, args.checkpoint):
             ref = Normalized(model, spec.mean, spec.std)
-            robustbench_loop(ref, root, corruptions[:1], min(100, len(images)))  # warm-up
+            precisions = [eval_precision(args.precision, cpu, model)]
+            if precisions[0] != "fp32":
+                precisions.append("fp32")
+            robustbench_loop(ref, root, first, min(100, len(images)))  # warm-up
             t = time.perf_counter()
             base_counts = robustbench_loop(ref, root, corruptions, len(images))
             t_base = time.perf_counter() - t
-            t = time.perf_counter()
-            tally = evaluate_corruptions(
-                model,
-                OfficialSource(root, corruptions),
-                mean=spec.mean,
-                std=spec.std,
-                corruptions=corruptions,
-                n_examples=len(images),
-                batch_size=args.batch_size,
-                device="cpu",
-            )
-            t_ours = time.perf_counter() - t
-            differ = int(np.abs(tally.correct - base_counts).sum())
-            print(
-                f"{name:14s} RobustBench loop {total / t_base:7.1f} img/s | eval-c "
-                f"{total / t_ours:7.1f} img/s (batch {tally.report['batch_size']}, "
-                f"{tally.report['batchnorm_folded']} BN + "
-                f"{tally.report['pushpull_folded'] + tally.report['mspp_folded']} PP folded) | "
-                f"x{t_base / t_ours:.2f} | count differences {differ} of {total}"
-            )
+
+            def ours(
+                prec: str, which: list[str], workers: int | None = None, model: nn.Module = model
+            ) -> Any:
+                return evaluate_corruptions(
+                    model,
+                    OfficialSource(root, which),
+                    mean=spec.mean,
+                    std=spec.std,
+                    corruptions=which,
+                    n_examples=len(images),
+                    batch_size=args.batch_size,
+                    device="cpu",
+                    precision=prec,
+                    workers=workers,
+                )
+
+            print(f"{name}: RobustBench-style loop (fp32) {total / t_base:7.1f} img/s")
+            for prec in precisions:
+                ours(prec, first)  # warm-up (oneDNN primitives, the kernel)
+                t = time.perf_counter()
+                tally = ours(prec, corruptions)
+                t_ours = time.perf_counter() - t
+                differ = int(np.abs(tally.correct - base_counts).sum())
+                rep = tally.report
+                checked = rep.get("recheck")
+                extra = f", {checked['images']} rechecked in fp32" if checked else ""
+                print(
+                    f"  eval-c {prec:12s} {total / t_ours:7.1f} img/s | x{t_base / t_ours:.2f} | "
+                    f"batch {rep['batch_size']} x {rep['workers']} workers, "
+                    f"{rep['batchnorm_folded']} BN + "
+                    f"{rep['pushpull_folded'] + rep['mspp_folded']} PP folded{extra} | "
+                    f"count differences {differ} of {total}"
+                )
+            if args.profile:
+                print(f"\nprofile, {name}, RobustBench-style loop, {first[0]}:")
+                print(profile_table(lambda r=ref: robustbench_loop(r, root, first, len(images))))
+                for prec in precisions:
+                    # the profiler records the calling thread only: one worker, torch's threads
+                    print(f"profile, {name}, eval-c {prec}, {first[0]}, one worker:")
+                    print(profile_table(lambda p=prec: ours(p, first, workers=1)))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from robustcli.layers.fold import FoldedMultiScalePushPull, folded_pushpull, pre
 from robustcli.layers.multiscale import MultiScalePushPull
 from robustcli.layers.pushpull import PushPullConv2d
 from robustcli.registry import create_model, get_dataset_spec, resolve_config
+from robustcli.runtime import cpu_has_native_bf16
 
 SPEC = get_dataset_spec("cifar10")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -456,7 +457,9 @@ def test_cli_eval_c_end_to_end(workspace, tmp_path, monkeypatch):
     assert prov["corrupted_data"]["source"] == "generated-files"
     assert prov["corrupted_data"]["generation"]["seed"] == 0
     assert prov["clean_data"]["label"] == "foolbox samples"
-    assert prov["device"] == "cpu" and prov["precision"] == "fp32"
+    # --precision auto: fp32 on CPUs without native bf16, bf16 + fp32 recheck with it
+    auto = "bf16-checked" if cpu_has_native_bf16() else "fp32"
+    assert prov["device"] == "cpu" and prov["precision"] == auto
     assert doc["counts"]["clean"][1] == 20
     csv = out.with_suffix(".csv").read_text().splitlines()
     assert csv[0].startswith(",gaussian_noise,") and csv[1] == ",1,2,3,4,5,1,2,3,4,5"

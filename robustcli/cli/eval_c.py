@@ -43,7 +43,11 @@ def eval_c_command(
     ),
     batch_size: int | None = opt.batch_size_option("Default: 100 on CPU, 1000 on GPU."),
     device: str = opt.device_option(),
-    precision: str = opt.precision_option("auto: bf16 autocast on GPUs, fp32 on CPUs."),
+    precision: str = opt.precision_option(
+        "auto: bf16 autocast on GPUs; on CPUs with native bf16, bf16-checked (bf16, near "
+        "ties predicted again in fp32; fp32 for push-pull kernel models), else fp32. "
+        "fp32 is exact."
+    ),
     data_dir: Path | None = opt.data_dir_option(
         "eval-c reads the clean CIFAR-10 test set (cifar-10-batches-py or test/<class>/)."
     ),

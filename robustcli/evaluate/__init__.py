@@ -11,7 +11,8 @@ The package, one module per step (each usable on its own; everything is re-expor
   images come from, as ``WorkItem`` chunks; ``load_clean`` for the clean test images.
 - ``loop``: ``evaluate_corruptions(model, source, ...) -> Tally``: correct / total counts per
   (corruption, severity) and on the clean images; batched, under ``torch.inference_mode``, bf16
-  autocast on GPUs, sharded over ``torchrun`` ranks (each rank takes every world-size-th chunk of
+  autocast on GPUs, bf16 with near ties predicted again in fp32 (``bf16-checked``) on CPUs with
+  native bf16, sharded over ``torchrun`` ranks (each rank takes every world-size-th chunk of
   work, the counts are all-reduced). The model runs in its inference form,
   ``robustcli.layers.fold.prepare_for_inference`` (exactly equal layers folded).
 - ``metrics``: ``Tally``, ``summarize(tally)``, ``corruption_errors(result, baseline)``.

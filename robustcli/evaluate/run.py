@@ -86,8 +86,8 @@ def run_eval_c(
     info = init_distributed(device)
     try:
         dev = resolve_device(device, info)
-        prec = eval_precision(precision, dev)
         ck = load_model(ref, dataset=dataset, data_dir=data_dir)
+        prec = eval_precision(precision, dev, ck.model)
         data = _inputs(
             ck,
             cifar_c_dir=cifar_c_dir,
