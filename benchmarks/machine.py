@@ -1,8 +1,10 @@
 """The machine a benchmark ran on, printed first so that a number can be judged.
 
 Every benchmark calls :func:`header` at start (CPU model, native bf16 / AMX, cores, torch threads,
-load average) and stores :func:`info` with its results. A 1-minute load average well above 0 means
-other processes shared the cores: such numbers are "loaded", not idle-machine numbers.
+load average, other runnable tasks) and stores :func:`info` with its results. "idle" means no other
+task was runnable in five samples of ``/proc/loadavg`` over 0.5 s at the start; the 1-minute load
+average is printed too but remembers the last minute (a benchmark that just ended counts there).
+Numbers taken with other runnable tasks are "loaded", not idle-machine numbers.
 
     from machine import header, info   # benchmarks/ is on sys.path when a script runs from it
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from typing import Any
 
 import torch
@@ -31,9 +34,27 @@ def _cpu_model_and_flags() -> tuple[str, set[str]]:
     return model, flags
 
 
+def other_runnable(samples: int = 5, interval: float = 0.1) -> int:
+    """Runnable tasks besides this process's own thread, at most over a few samples of
+    ``/proc/loadavg``: 0 means nothing else was competing for the cores when the benchmark began
+    (the load average still remembers the previous minute, e.g. a benchmark that just ended)."""
+    most = 0
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg", encoding="ascii") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return -1
+        most = max(most, running - 1)
+        if i + 1 < samples:
+            time.sleep(interval)
+    return most
+
+
 def info() -> dict[str, Any]:
     """Machine facts as plain data (JSON-ready)."""
     model, flags = _cpu_model_and_flags()
+    others = other_runnable()
     load1, load5, _ = os.getloadavg()
     return {
         "cpu": model,
@@ -45,14 +66,19 @@ def info() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "loadavg_1min": round(load1, 2),
         "loadavg_5min": round(load5, 2),
-        "idle": load1 < 0.5,
+        "other_runnable": others,
+        "idle": others == 0,
     }
 
 
 def header() -> str:
     """One line: CPU, bf16 support, threads, load average (idle or loaded)."""
     i = info()
-    state = "idle" if i["idle"] else "LOADED (other processes share the cores)"
+    state = (
+        "idle (no other runnable task)"
+        if i["idle"]
+        else f"LOADED ({i['other_runnable']} other runnable tasks)"
+    )
     bf16 = "native bf16" + (" + AMX" if i["amx"] else "") if i["native_bf16"] else "no native bf16"
     gpu = f", GPU {i['cuda']}" if i["cuda"] else ""
     return (
