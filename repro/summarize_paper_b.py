@@ -76,8 +76,9 @@ def main() -> None:
     fmt = lambda v: "n/a" if not math.isfinite(v) else f"{v:.3f}"  # noqa: E731
     lines = [
         "| attack | seeds | TD clean % | BU clean % | TD median L2 | BU median L2 | "
-        "TD - BU median L2 [95 % CI] | TD auc % | BU auc % | TD - BU auc [95 % CI] | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "TD - BU median L2 [95 % CI] | TD auc % | BU auc % | TD - BU auc [95 % CI] | verdict | "
+        "TD - BU median L2 per seed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     curves: dict[str, dict[str, np.ndarray]] = {}
     for attack, sides in table.items():
@@ -124,7 +125,9 @@ def main() -> None:
             verdict = "no significant difference" if lo <= 0 <= hi else "mixed"
         lines.append(
             f"| {attack} | {len(pairs)} | {ms('tdc')} | {ms('buc')} | {ms('tdm')} | {ms('bum')} "
-            f"| {dm} | {ms('tda')} | {ms('bua')} | {da} | {verdict} |"
+            f"| {dm} | {ms('tda')} | {ms('bua')} | {da} | {verdict} | "
+            + " / ".join(f"{v:+.2f}" for v in cols["dm"])
+            + " |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     md = "\n".join(lines) + "\n"
