@@ -277,6 +277,51 @@ def test_pointwise_result_is_pointwise_minimal(bu, sample, search):
         assert (pred == y[i]).all()
 
 
+class RowwiseContext:
+    """A fake model deciding each image on its own (so no float result depends on the batch it
+    is classified in): adversarial once ``sum(w * |x_adv - x|) >= thr``, in float64."""
+
+    def __init__(self, x: torch.Tensor, w: torch.Tensor, thr: float) -> None:
+        self.x, self.w, self.thr, self.calls, self.images = x.double(), w.double(), thr, 0, 0
+
+    def fmodel(self, rows=None):  # pragma: no cover - PointwiseSearch does not use it
+        raise AssertionError
+
+    def is_adversarial(self, x_adv, y, rows=None):
+        rows = torch.arange(len(self.x)) if rows is None else rows
+        self.calls += 1
+        self.images += len(x_adv)
+        scores = [
+            float((self.w * (a.double() - self.x[r]).abs()).sum())
+            for a, r in zip(x_adv, rows.tolist(), strict=True)
+        ]
+        return torch.tensor(scores, dtype=torch.float64) >= self.thr
+
+
+def test_pointwise_bisection_trees_equal_the_step_by_step_search(sample):
+    """Bisection steps evaluated ahead as trees (several per model call) end where the
+    step-by-step search ends, bit for bit, in fewer model calls (same seeds, same pixel order)."""
+    from robustcli.attacks.methods import PointwiseSearch
+
+    x, _ = sample
+    y = torch.zeros(len(x), dtype=torch.long)
+    w = 0.5 + torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(0))
+    outs, ctxs = [], []
+    for depth in (0, PointwiseSearch.max_tree_depth):
+        method = PointwiseSearch(init_steps=60, l2_binary_search=True)
+        method.max_tree_depth = depth
+        ctx = RowwiseContext(x, w, thr=4.0)
+        torch.manual_seed(2)
+        np.random.seed(2)
+        outs.append(method.run(ctx, x, y))
+        ctxs.append(ctx)
+    step, trees = outs
+    changed = (step != x).flatten(1).any(dim=1)
+    assert changed.sum() >= len(x) // 2  # the start fooled these; the search then ran on them
+    assert torch.equal(trees, step)
+    assert ctxs[1].calls < ctxs[0].calls
+
+
 def test_out_of_bounds_inputs_are_a_clear_error(bu, sample):
     x, y = sample
     target = AttackTarget(bu, MEAN, STD)

@@ -25,12 +25,16 @@ from torch import nn
 from robustcli.attacks import AttackTarget, run_attack
 from robustcli.attacks.methods import (
     BlendedNoiseSearch,
+    EpsilonSearch,
     GaussianBlurSearch,
+    SaltAndPepperSearch,
     gaussian_blur,
     geometric_grid,
+    noise_draw,
     steps_per_call,
 )
 from robustcli.attacks.runner import _seed
+from robustcli.attacks.target import BatchContext, Budget
 from robustcli.data import load_dataset
 
 MEAN, STD = (0.3,), (0.37,)
@@ -208,6 +212,80 @@ def test_batched_blended_search_finds_the_first_fooling_epsilon(sample):
     assert ctx.calls < 1 + steps  # several eps per call once few rows are left
 
 
+NOISES = {
+    "gaussian": fb.attacks.L2AdditiveGaussianNoiseAttack,
+    "uniform": fb.attacks.L2AdditiveUniformNoiseAttack,
+}
+
+
+@pytest.mark.parametrize("noise", sorted(NOISES))
+def test_noise_draw_equals_foolbox_noise_attack(target, sample, noise):
+    """The direct torch draw is Foolbox's ``run`` bit for bit (same seed, one epsilon per row),
+    and ``k`` draws at once consume the random stream as ``k`` single draws do."""
+    import eagerpy as ep
+
+    x, _ = sample
+    eps = torch.linspace(0.1, 6.0, len(x))
+    torch.manual_seed(1)
+    theirs = NOISES[noise]().run(
+        target.fmodel(), x, None, epsilon=ep.astensor(eps.view(-1, 1, 1, 1))
+    )
+    torch.manual_seed(1)
+    ours = noise_draw(noise, x, eps.view(1, -1))
+    assert ours.shape == (1, *x.shape)
+    assert torch.equal(ours[0], theirs)
+    torch.manual_seed(1)
+    three = noise_draw(noise, x, eps.view(1, -1).expand(3, -1), k=3)
+    torch.manual_seed(1)
+    singles = [noise_draw(noise, x, eps.view(1, -1))[0] for _ in range(3)]
+    torch.testing.assert_close(three, torch.stack(singles), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("noise", sorted(NOISES))
+def test_direct_noise_search_step_by_step_equals_the_foolbox_path(target, sample, noise):
+    """One grid epsilon per call: the direct draws give the images Foolbox's ``run`` gives, over
+    the whole search (grid and bisection), with the same seed."""
+    x, y = sample
+    via_foolbox = type("ViaFoolbox", (NOISES[noise],), {})()  # not the direct path's class
+    outs = []
+    for attack in (via_foolbox, NOISES[noise]()):
+        method = EpsilonSearch(attack, start=0.2, ratio=1.25, refine=2, stochastic=True)
+        method.max_steps_per_call = 1
+        torch.manual_seed(3)
+        outs.append(method.run(BatchContext(target, x, Budget()), x, y))
+    assert not torch.equal(outs[0], x)
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("noise", sorted(NOISES))
+def test_batched_noise_search_finds_the_first_fooling_epsilon(noise):
+    """Several grid epsilons per call once few rows are left: each row still gets its first
+    fooling grid epsilon and the same bisection of its bracket as step by step. Mid-grey
+    images, so no noise is clipped and a candidate's L2 is its epsilon; the fake model fools a
+    row from a threshold L2 on, set between grid points and away from the bisection points."""
+    n = 12
+    x = torch.full((n, 1, 16, 16), 0.5)
+    grid = geometric_grid(0.05, 16.0, 1.1)
+    first = [0, 1, 2, 3, 5, 8, 13, 21, 30, 34, 35, None]
+    thr = torch.tensor(
+        [0.03 if s == 0 else math.inf if s is None else grid[s - 1] * 1.1**0.3 for s in first],
+        dtype=torch.float64,
+    )
+    out, calls = [], []
+    for cap in (1, None):
+        method = EpsilonSearch(NOISES[noise](), start=0.05, ratio=1.1, refine=2, stochastic=True)
+        method.max_steps_per_call = cap
+        ctx = ThresholdContext(x, thr)
+        torch.manual_seed(0)
+        out.append(_distances(method.run(ctx, x, torch.zeros(n).long()), x, torch.ones(n) > 0))
+        calls.append(ctx.calls)
+    step, batched = out
+    assert np.isfinite(step[:-1]).all() and step[-1] == 0 and batched[-1] == 0
+    assert (step[:-1] >= thr.numpy()[:-1] - 1e-6).all()
+    np.testing.assert_allclose(batched, step, rtol=1e-5)
+    assert calls[1] < calls[0]
+
+
 def test_steps_per_call_fills_the_batch_and_at_most_doubles():
     assert steps_per_call(64, 64, 0, 1000) == 1
     assert steps_per_call(4, 64, 100, 1000) == 16
@@ -241,6 +319,22 @@ def test_seeded_salt_pepper_equals_foolbox_salt_pepper(target, sample):
     )
     assert (ours.status == "adversarial").any()
     np.testing.assert_allclose(ours.distances, _fb_distances(target, theirs, x, y), atol=1e-6)
+
+
+def test_salt_pepper_search_equals_foolbox_salt_pepper(target, sample):
+    """The torch salt-and-pepper search (the pointwise start) gives Foolbox's images with the
+    same seed, though it classifies only the rows that could improve."""
+    x, y = sample
+    torch.manual_seed(4)
+    theirs = fb.attacks.SaltAndPepperNoiseAttack(steps=80).run(
+        target.fmodel(), x, fb.criteria.Misclassification(y)
+    )
+    torch.manual_seed(4)
+    budget = Budget()
+    ours = SaltAndPepperSearch(steps=80).run(BatchContext(target, x, budget), x, y)
+    assert (target.predict(ours) != y).any()
+    assert torch.equal(ours, theirs)
+    assert budget.images < 81 * len(x)
 
 
 # ------------------------------------------------------------------ stochastic: same distribution

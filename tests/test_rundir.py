@@ -94,7 +94,8 @@ def robust(capsys, *args: str) -> tuple[int, str, str]:
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     assert code == 2, err
     assert "Traceback" not in err
-    lines = err.strip().splitlines()
+    # progress (the run's header, epoch lines) may precede it on stderr; the error is one line
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith(("training ", "epoch "))]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for needle in needles:
         assert needle in lines[0], lines[0]
@@ -383,5 +384,5 @@ def test_the_resolved_schedule_is_printed(tmp_path, capsys):
         "lr 0.2 one-cycle: linear warm-up over 15% of the steps (150 steps), then linear decay to 0"
     )
     train("resnet20", recipe="topdown", epochs=3, **{**TINY, "progress": "plain"})
-    header = capsys.readouterr().out.splitlines()[0]
+    header = capsys.readouterr().err.splitlines()[0]  # progress: stderr
     assert "batch 32, lr 0.1, x0.1 after epochs 1, 2, augment none" in header, header

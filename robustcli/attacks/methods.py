@@ -96,6 +96,34 @@ def geometric_grid(start: float, stop: float, ratio: float) -> list[float]:
     return [start * ratio**k for k in range(n + 1)]
 
 
+_NOISE_KIND: dict[type, str] = {
+    fb.attacks.L2AdditiveGaussianNoiseAttack: "gaussian",
+    fb.attacks.L2AdditiveUniformNoiseAttack: "uniform",
+}
+
+
+def noise_draw(kind: str, x: torch.Tensor, eps: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Foolbox 3's ``L2AdditiveGaussianNoiseAttack`` / ``L2AdditiveUniformNoiseAttack`` ``run``
+    (bounds 0, 1) in torch, ``k`` draws per image: noise ``randn`` (or ``rand`` in [-1, 1]),
+    scaled to L2 ``eps`` (per draw and row: ``eps`` is K x N), added and clipped. The same
+    random numbers and arithmetic as Foolbox's: with ``k == 1`` the result is bit-identical to
+    its ``run`` given the same torch seed; ``k`` draws at once are ``k`` independent draws
+    (tested: the numbers of ``k`` calls). Returns K x N x C x H x W."""
+    shape = (k, *x.shape) if k > 1 else tuple(x.shape)
+    if kind == "gaussian":
+        p = torch.randn(shape, dtype=x.dtype, device=x.device) * 1.0 + 0.0
+    elif kind == "uniform":
+        p = torch.rand(shape, dtype=x.dtype, device=x.device) * 2.0 + -1.0
+    else:
+        raise ValueError(f"unknown noise {kind!r}")
+    if k == 1:
+        p = p.unsqueeze(0)
+    lead = p.ndim - x.ndim + 1  # K, N
+    norms = p.flatten(lead).square().sum(dim=-1).sqrt()
+    epsilons = (eps.view(k, -1) / norms).view(*norms.shape, *([1] * (x.ndim - 1)))
+    return (x + epsilons * p).clamp(0.0, 1.0)
+
+
 class EpsilonSearch(AttackMethod):
     """A Foolbox fixed-epsilon attack turned into a minimization attack.
 
@@ -109,7 +137,17 @@ class EpsilonSearch(AttackMethod):
     Noise attacks draw fresh noise at every epsilon, so the grid is also a series of draws (as
     Foolbox 2's linear search was). The result is the smallest L2 seen, an upper bound of the
     attack's true minimum within a factor ``ratio ** (1 / 2 ** refine)``.
+
+    Foolbox's L2 additive Gaussian / uniform noise attacks are computed here directly in torch
+    (``noise_draw``: the same draws and arithmetic as their ``run``, bit-identical given the same
+    seed) instead of through a Foolbox model per step, and once few rows are left one model call
+    evaluates several consecutive grid epsilons of each (``steps_per_call``; at most
+    ``max_steps_per_call``): each row keeps its first fooling epsilon, a series of independent
+    draws as before, so the distribution is the same. Other attacks (PGD) go through Foolbox.
     """
+
+    #: cap of grid steps per model call on the direct noise path (1: step by step)
+    max_steps_per_call: int | None = None
 
     def __init__(
         self,
@@ -147,15 +185,33 @@ class EpsilonSearch(AttackMethod):
         x_adv = _raw(self.attack.run(fm, x[rows], crit, epsilon=epsilon)).clamp(0.0, 1.0)
         return x_adv, ctx.is_adversarial(x_adv, y[rows], rows)
 
+    def _noise_rows(
+        self,
+        ctx: AttackContext,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        rows: torch.Tensor,
+        eps: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``eps``: K x len(rows); K draws per row in one model call: (K x rows x C x H x W
+        candidates, K x rows success mask)."""
+        k = eps.shape[0]
+        kind = _NOISE_KIND[type(self.attack)]
+        x_adv = noise_draw(kind, x[rows], eps.to(x.dtype), k)
+        ok = ctx.is_adversarial(x_adv.flatten(0, 1), y[rows].repeat(k), rows.repeat(k))
+        return x_adv, ok.view(k, len(rows))
+
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         n = len(x)
         best = x.clone()
         best_norm = torch.full((n,), math.inf, dtype=torch.float64, device=x.device)
         lo = torch.zeros(n, dtype=torch.float64, device=x.device)
         hi = torch.full((n,), math.inf, dtype=torch.float64, device=x.device)
+        direct = type(self.attack) in _NOISE_KIND
 
-        def attack(rows: torch.Tensor, eps: torch.Tensor) -> None:
-            x_adv, ok = self._attack_rows(ctx, x, y, rows, eps)
+        def update(
+            rows: torch.Tensor, eps: torch.Tensor, x_adv: torch.Tensor, ok: torch.Tensor
+        ) -> None:
             norms = l2_norms(x_adv - x[rows])
             better = ok & (norms < best_norm[rows])
             best[rows[better]] = x_adv[better]
@@ -163,11 +219,38 @@ class EpsilonSearch(AttackMethod):
             hi[rows[ok]] = eps[ok]
             lo[rows[~ok]] = torch.maximum(lo[rows[~ok]], eps[~ok])
 
-        for eps in self.grid(x):
+        def attack(rows: torch.Tensor, eps: torch.Tensor) -> None:
+            if direct:
+                x_adv, ok = self._noise_rows(ctx, x, y, rows, eps.unsqueeze(0))
+                update(rows, eps, x_adv[0], ok[0])
+            else:
+                update(rows, eps, *self._attack_rows(ctx, x, y, rows, eps))
+
+        grid = self.grid(x)
+        step = 0
+        while step < len(grid):
             rows = torch.nonzero(torch.isinf(hi)).flatten()
             if len(rows) == 0:
                 break
-            attack(rows, torch.full((len(rows),), eps, dtype=torch.float64, device=x.device))
+            k = 1
+            if direct:
+                k = steps_per_call(len(rows), n, step, len(grid) - step)
+                k = min(k, self.max_steps_per_call or k)
+            eps = torch.tensor(grid[step : step + k], dtype=torch.float64, device=x.device)
+            if k == 1:
+                attack(rows, eps.expand(len(rows)))
+            else:
+                # K grid epsilons per row: each row's first success (its bracket: the epsilon
+                # before), or all K failed (the last one is its lower bound)
+                eps_k = eps.view(k, 1).expand(k, len(rows))
+                x_adv, ok = self._noise_rows(ctx, x, y, rows, eps_k)
+                hit, first = first_success(ok)
+                pick = torch.where(hit, first, k - 1)
+                cols = torch.arange(len(rows), device=x.device)
+                update(rows, eps[pick], x_adv[pick, cols], hit)
+                prev = pick[hit] - 1
+                lo[rows[hit & (pick > 0)]] = eps[prev[prev >= 0]]
+            step += k
 
         for _ in range(self.refine):
             rows = torch.nonzero(torch.isfinite(hi)).flatten()
@@ -203,11 +286,101 @@ class L2PGDPerSample(fb.attacks.L2PGD):
         return x0 + delta * atleast_kd(factor, x.ndim)
 
 
+class SaltAndPepperSearch(AttackMethod):
+    """Foolbox 3's ``SaltAndPepperNoiseAttack`` (``across_channels=True``, bounds 0, 1) in torch.
+
+    The same algorithm, random numbers and float32 arithmetic as its ``run`` (bit-identical
+    given the same torch seed, tested), but each step classifies the batch through
+    ``ctx.is_adversarial`` instead of a Foolbox model and eagerpy: for ``steps`` steps, add
+    salt-and-pepper noise of probability ``p`` per row (the same for every channel), keep the
+    closest adversarial seen, and narrow ``p`` around the best hit. Every row runs every step
+    (the search adapts ``p`` per row), so nothing is batched across steps, but a step classifies
+    only the rows whose noisy image is closer than their best: the others keep their result
+    whatever the model says.
+    """
+
+    stochastic = True
+
+    def __init__(self, *, steps: int = 1000) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.steps = int(steps)
+
+    def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        n = len(x)
+        shape = (n, 1, *x.shape[2:]) if x.ndim > 2 else tuple(x.shape)
+        kd = (n, *([1] * (x.ndim - 1)))
+        result = x
+        is_adv = ctx.is_adversarial(x, y)
+        zeros = torch.zeros(n, dtype=x.dtype, device=x.device)
+        best = torch.where(is_adv, zeros, torch.full_like(zeros, math.inf))
+        min_p = zeros.clone()
+        max_p = torch.ones_like(zeros)
+        stepsizes = max_p / self.steps
+        prob = stepsizes
+        one = torch.ones_like(zeros)
+        for step in range(self.steps):
+            u = torch.rand(shape, dtype=x.dtype, device=x.device) * 1.0 + 0.0
+            p_ = prob.view(kd)
+            salt = (u >= 1 - p_ / 2).to(x.dtype) * 1.0
+            pepper = -(u < p_ / 2).to(x.dtype) * 1.0
+            xs = (x + salt + pepper).clamp(0.0, 1.0)
+            norms = ((xs - x).flatten(1) ** 2).sum(dim=-1).sqrt()
+            closer = norms < best
+            if closer.all():
+                hit = ctx.is_adversarial(xs, y)
+            else:  # a row not closer keeps its result whatever the model says (Foolbox's TODO)
+                rows = torch.nonzero(closer).flatten()
+                hit = torch.zeros_like(closer)
+                if len(rows):
+                    hit[rows] = ctx.is_adversarial(xs[rows], y[rows], rows)
+            result = torch.where(hit.view(kd), xs, result)
+            best = torch.where(hit, norms, best)
+            min_p = torch.where(hit, 0.5 * prob, min_p)
+            max_p = torch.where(hit, torch.min(prob * 1.2, one), max_p)
+            stepsizes = torch.where(hit, (max_p - min_p) / (self.steps - step), stepsizes)
+            reset = prob == max_p
+            prob = torch.where(hit | reset, min_p, prob)
+            prob = torch.min(prob + stepsizes, max_p)
+        return result
+
+
+def _bisection_tree(
+    hi: torch.Tensor, lo: torch.Tensor, d: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every midpoint the next ``d`` steps of ``mid = (hi + lo) / 2; hi, lo = (mid, lo) if
+    still adversarial else (hi, mid)`` could try, per row: ``(R x (2**d - 1)`` values in level
+    order (node ``p`` of level ``l`` at ``2**l - 1 + p``; child ``2p`` if the node stayed
+    adversarial, ``2p + 1`` if not), and the ``hi``, ``lo`` of each of the ``2**d`` outcomes)."""
+    h, lo_ = hi.unsqueeze(1), lo.unsqueeze(1)
+    levels = []
+    for _ in range(d):
+        mid = (h + lo_) / 2
+        levels.append(mid)
+        h = torch.stack([mid, h], dim=2).flatten(1)
+        lo_ = torch.stack([lo_, mid], dim=2).flatten(1)
+    vals = torch.cat(levels, dim=1) if levels else hi.new_zeros((len(hi), 0))
+    return vals, h, lo_
+
+
+def _bisection_walk(
+    still: torch.Tensor, h: torch.Tensor, lo: torch.Tensor, d: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The path of the step-by-step search through a tree of ``_bisection_tree`` given which of
+    its values stayed adversarial (R x (2**d - 1)): each row's ``hi``, ``lo`` after ``d`` steps."""
+    p = torch.zeros(len(h), dtype=torch.long, device=h.device)
+    r = torch.arange(len(h), device=h.device)
+    for level in range(d):
+        p = 2 * p + (~still[r, 2**level - 1 + p]).long()
+    return h[r, p], lo[r, p]
+
+
 class PointwiseSearch(AttackMethod):
     """Foolbox's PointwiseAttack (Schott et al. 2018), started from its salt-and-pepper attack,
     evaluating only the images that still have work.
 
-    1. Start: ``SaltAndPepperNoiseAttack(steps=init_steps)``; images it cannot fool are failures
+    1. Start: ``SaltAndPepperNoiseAttack(steps=init_steps)`` (``SaltAndPepperSearch``: the same
+       in torch); images it cannot fool are failures
        (Foolbox's PointwiseAttack asserts that every start is adversarial and crashes the batch).
     2. Reset: in random order, set each perturbed value back to the clean one and keep the change
        if the image stays adversarial; repeat passes until a pass resets nothing.
@@ -219,12 +392,24 @@ class PointwiseSearch(AttackMethod):
     but Foolbox classifies the whole batch for every pixel it tries, and keeps passing over
     images whose last pass changed nothing (they cannot change in the next one either); here
     only the images being worked on are classified.
+
+    The binary searches are evaluated ahead when few images are searching: one model call
+    classifies every value the next ``d`` bisection steps could try (a tree of ``2**d - 1``
+    values per image, ``d`` the depth of least model time per step given ``call_cost``, at most
+    ``max_tree_depth``), then follows the path the step-by-step search takes; the first call of
+    a value also tries the clean value with, assuming it fails, the first levels of its tree.
+    Each image then takes the very same steps with the same float32 midpoints: the result is
+    the step-by-step one (``max_tree_depth=0``), bit for bit (tested), in fewer model calls.
     """
 
     stochastic = True
+    #: deepest bisection tree evaluated in one call (0: step by step)
+    max_tree_depth: int = 10
+    #: the fixed time of a model call, in images (LeNetFC on a CPU: about 5)
+    call_cost: float = 6.0
 
     def __init__(self, *, init_steps: int = 1000, l2_binary_search: bool = True) -> None:
-        self.init = fb.attacks.SaltAndPepperNoiseAttack(steps=init_steps)
+        self.init = SaltAndPepperSearch(steps=init_steps)
         self.l2_binary_search = bool(l2_binary_search)
 
     @staticmethod
@@ -238,7 +423,7 @@ class PointwiseSearch(AttackMethod):
         return torch.from_numpy(lengths).to(diff.device), torch.from_numpy(padded).to(diff.device)
 
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        start = _raw(self.init.run(ctx.fmodel(), x, fb.criteria.Misclassification(y)))
+        start = self.init.run(ctx, x, y)
         ok = ctx.is_adversarial(start, y)
         out = x.clone()
         rows = torch.nonzero(ok).flatten()
@@ -252,6 +437,35 @@ class PointwiseSearch(AttackMethod):
         def fooled(active: torch.Tensor) -> torch.Tensor:
             return ctx.is_adversarial(af[active].view(-1, *shape), ys[active], rows[active])
 
+        def fooled_with(
+            active: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor
+        ) -> torch.Tensor:
+            """Row ``active[r]`` with its value ``idx[r]`` set to each of ``vals[r]`` (R x K):
+            whether each such image is adversarial (R x K), in one model call."""
+            r, k = vals.shape
+            imgs = af[active].unsqueeze(1).expand(r, k, af.shape[1]).clone()
+            imgs.scatter_(2, idx.view(r, 1, 1).expand(r, k, 1), vals.unsqueeze(2))
+            ok = ctx.is_adversarial(
+                imgs.view(r * k, *shape),
+                ys[active].repeat_interleave(k),
+                rows[active].repeat_interleave(k),
+            )
+            return ok.view(r, k)
+
+        def depth(n_rows: int, extra: int) -> int:
+            """Bisection steps per call for ``n_rows`` images searching: the tree depth ``d``
+            (``2**d - 1`` values per image, plus ``extra``) of least model time per step, a call
+            costing ``call_cost + images`` image-times, within a call of ``len(x)`` images."""
+            best, best_cost = 0, math.inf
+            for d in range(1 - extra, self.max_tree_depth + 1):
+                images = n_rows * (2**d - 1 + extra)
+                if d > 1 - extra and images > len(x):
+                    break
+                cost = (self.call_cost + images) / (d + extra)
+                if cost < best_cost:
+                    best, best_cost = d, cost
+            return best
+
         def passes(tol: float, search: bool) -> None:
             active = torch.arange(len(rows), device=x.device)
             while len(active):
@@ -261,6 +475,29 @@ class PointwiseSearch(AttackMethod):
                     sel = lengths > i
                     rel, idx = active[sel], order[sel, i]
                     old, new = af[rel, idx], xf[rel, idx]
+                    if search and self.max_tree_depth > 0:
+                        # the clean value and, in case it fails, the first d0 bisection steps
+                        d0 = depth(len(rel), 1)
+                        vals, h, lo_ = _bisection_tree(old, new, d0)
+                        ok = fooled_with(rel, idx, torch.cat([new.unsqueeze(1), vals], dim=1))
+                        adv = ok[:, 0]
+                        af[rel, idx] = new
+                        changed[sel] |= adv
+                        if adv.all():
+                            continue
+                        bad, bidx = rel[~adv], idx[~adv]
+                        hi, lo = _bisection_walk(ok[~adv, 1:], h[~adv], lo_[~adv], d0)
+                        left = 10 - d0
+                        while left > 0:
+                            d = max(1, min(depth(len(bad), 0), left))
+                            vals, h, lo_ = _bisection_tree(hi, lo, d)
+                            hi, lo = _bisection_walk(fooled_with(bad, bidx, vals), h, lo_, d)
+                            left -= d
+                        af[bad, bidx] = hi
+                        sel_bad = torch.nonzero(sel).flatten()[~adv]
+                        changed[sel_bad] |= hi != old[~adv]
+                        continue
+                    # step by step (the reset passes; the search with max_tree_depth=0)
                     af[rel, idx] = new
                     adv = fooled(rel)
                     changed[sel] |= adv
