@@ -176,6 +176,24 @@ def timed(gen, steps: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def interleaved_rates(
+    variants: dict, warmup: int, rounds: int, steps: int
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Warm every variant up, then time ``steps`` steps of each in turn, round by round (so a
+    change in machine load hits all alike): the median images/s of each, and every round's."""
+    for gen in variants.values():
+        for _ in itertools.islice(gen, warmup):
+            pass
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(rounds):
+        for name, gen in variants.items():
+            rates[name].append(timed(gen, steps))
+        print(
+            f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()), flush=True
+        )
+    return {k: statistics.median(v) for k, v in rates.items()}, rates
+
+
 def compare_models(args: argparse.Namespace) -> None:
     """Our training step for each of ``args.models``, relative to the first one."""
     names = [m for m in args.models.split(",") if m]
@@ -193,17 +211,7 @@ def compare_models(args: argparse.Namespace) -> None:
         f"channels_last; {args.rounds} rounds x {args.steps} steps, interleaved",
         flush=True,
     )
-    for gen in variants.values():  # warm-up
-        for _ in itertools.islice(gen, args.warmup):
-            pass
-    rates: dict[str, list[float]] = {k: [] for k in variants}
-    for r in range(args.rounds):
-        for name, gen in variants.items():
-            rates[name].append(timed(gen, args.steps))
-        print(
-            f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()), flush=True
-        )
-    med = {k: statistics.median(v) for k, v in rates.items()}
+    med, rates = interleaved_rates(variants, args.warmup, args.rounds, args.steps)
     ref, ref_macs = med[names[0]], floors[names[0]].fused
     print(
         f"\n{'model':22s} {'images/s':>9s} {'step ms':>8s} {'x ' + names[0]:>14s} "
@@ -288,17 +296,7 @@ def main() -> None:
         f"'ours' precision {prec}; {args.rounds} rounds x {args.steps} steps",
         flush=True,
     )
-    for gen in variants.values():  # warm-up
-        for _ in itertools.islice(gen, args.warmup):
-            pass
-    rates: dict[str, list[float]] = {k: [] for k in variants}
-    for r in range(args.rounds):
-        for name, gen in variants.items():
-            rates[name].append(timed(gen, args.steps))
-        print(
-            f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()), flush=True
-        )
-    med = {k: statistics.median(v) for k, v in rates.items()}
+    med, rates = interleaved_rates(variants, args.warmup, args.rounds, args.steps)
     ref = med["reference"]
     print(f"\n{'variant':16s} {'images/s':>9s} {'vs reference':>13s}")
     for name, v in med.items():

@@ -28,6 +28,7 @@ from robustcli.attacks.methods import (
     L2PGDPerSample,
     MinimalSpatial,
     PointwiseSearch,
+    SaltAndPepperSearch,
     check_params,
 )
 from robustcli.errors import RobustError
@@ -301,9 +302,10 @@ register_attack(
         "lelekas2020",
         "decision",
         True,
-        "foolbox SaltAndPepperNoiseAttack (minimization: raises the noise probability over "
-        "`steps` steps and narrows it around the best hit): the L2 of its result",
-        _foolbox(fb.attacks.SaltAndPepperNoiseAttack, stochastic=True),
+        "foolbox SaltAndPepperNoiseAttack's algorithm (minimization: raises the noise "
+        "probability over `steps` steps and narrows it around the best hit; in torch, the same "
+        "images as Foolbox's given the seed, the pointwise start too): the L2 of its result",
+        lambda steps: SaltAndPepperSearch(steps=steps),
         {"steps": 1000},
     )
 )

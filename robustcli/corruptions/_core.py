@@ -29,6 +29,18 @@ def _gen_device(generator: torch.Generator | None, device: torch.device) -> torc
     return generator.device if generator is not None else device
 
 
+def _draw(
+    fn: Callable[..., Tensor],
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor:
+    """``fn`` (``torch.rand`` / ``torch.randn``) drawn on the generator's device, then moved."""
+    dev = _gen_device(generator, device)
+    return fn(shape, generator=generator, device=dev, dtype=dtype).to(device)
+
+
 def rand(
     shape: tuple[int, ...],
     generator: torch.Generator | None,
@@ -36,8 +48,7 @@ def rand(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Uniform [0, 1)."""
-    dev = _gen_device(generator, device)
-    return torch.rand(shape, generator=generator, device=dev, dtype=dtype).to(device)
+    return _draw(torch.rand, shape, generator, device, dtype)
 
 
 def randn(
@@ -46,8 +57,8 @@ def randn(
     device: torch.device,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    dev = _gen_device(generator, device)
-    return torch.randn(shape, generator=generator, device=dev, dtype=dtype).to(device)
+    """Standard normal."""
+    return _draw(torch.randn, shape, generator, device, dtype)
 
 
 def randint(
