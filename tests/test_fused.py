@@ -2,13 +2,17 @@
 
 The references are the literal definitions: ``F.conv2d`` with the push kernel and with the
 bilinear-resized pull kernel (``pull_response_direct``), in float64. The kernel is compiled on
-first use; where that is impossible (no compiler) these tests are skipped and the layers fall
-back to the dense pull (tested in test_layers.py).
+first use; where that is impossible (no C++ compiler or ninja) these tests are skipped and the
+layers fall back to the dense pull (tested in test_layers.py). Where a compiler is present the
+kernel must build: a build failure (as on AVX2-only CPUs before #16's fix) fails every test here
+instead of skipping them silently.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 
@@ -27,9 +31,16 @@ from robustcli.layers.pushpull import (
     use_fused,
 )
 
-pytestmark = pytest.mark.skipif(
-    not fused.available(torch.zeros(1)), reason=f"fused kernel unavailable: {fused.kernel_status()}"
+CAN_BUILD = (
+    os.environ.get("ROBUSTCLI_PP_KERNEL", "1") != "0"
+    and shutil.which(os.environ.get("CXX", "c++")) is not None
+    and (shutil.which("ninja") is not None or importlib.util.find_spec("ninja") is not None)
 )
+pytestmark = pytest.mark.skipif(not CAN_BUILD, reason="no C++ compiler / ninja to build the kernel")
+
+
+def test_kernel_builds_where_a_compiler_exists():
+    assert fused.available(torch.zeros(1)), fused.kernel_status()
 
 
 def _definition(x, w, scales, stride, padding):
@@ -50,9 +61,13 @@ def _responses(x, w, bases, stride, padding):
 
 
 # (N, C, O, H, W, k, stride, padding, scales): the fast path (stride 1, same padding) with
-# output channels below, at and above the SIMD width (16 float32 / 8 float64 lanes: tails, several
-# vectors per tap), odd widths and k=5, and the generic path (other strides and paddings).
+# output channels below, at and above the SIMD width (one native register: 4 float64 lanes with
+# AVX2, 8 with AVX-512; tails, several vectors per tap), odd widths and k=5, and the generic path
+# (other strides and paddings). The GEMMs' register tiles (up to 12 rows by 2-4 vectors) get
+# partial tiles in both directions from the widths (rows) and the channel counts.
 CASES = [
+    (2, 33, 72, 5, 13, 3, 1, 1, (2.0,)),
+    (1, 64, 64, 8, 8, 3, 1, 1, (2.0, 3.0)),
     (2, 16, 16, 8, 8, 3, 1, 1, (2.0,)),
     (2, 20, 40, 6, 7, 3, 1, 1, (2.0, 3.0)),
     (2, 3, 24, 5, 6, 3, 1, 1, (2.0,)),
@@ -112,10 +127,10 @@ def test_fused_relu_equals_definition_and_gradcheck(alpha_shape):
     )
 
 
-@pytest.mark.parametrize(("c", "o"), [(16, 16), (12, 12), (24, 20)])
+@pytest.mark.parametrize(("c", "o"), [(16, 16), (12, 12), (24, 20), (40, 72)])
 def test_float32_matches_float64(c, o):
-    """float32 (16 lanes: full vectors and tails) against float64, responses and the fused ReLU
-    with its gradients."""
+    """float32 (8 or 16 lanes: full vectors and tails, several register tiles) against float64,
+    responses and the fused ReLU with its gradients."""
     torch.manual_seed(3)
     x = torch.randn(4, c, 32, 32, dtype=torch.float64, requires_grad=True)
     w = (torch.randn(o, c, 3, 3, dtype=torch.float64) * 0.1).requires_grad_(True)

@@ -50,6 +50,7 @@ def _load() -> bool:
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             from torch.utils.cpp_extension import load
 
+            _ninja_on_path()
             load(
                 name="robustcli_pushpull",
                 sources=[str(_SOURCE)],
@@ -69,6 +70,20 @@ def _load() -> bool:
             )
     _state["ok"], _state["why"] = ok, why
     return ok
+
+
+def _ninja_on_path() -> None:
+    """torch runs ``ninja`` from PATH; pip's ninja (a dependency) sits beside the interpreter,
+    which is not on PATH when ``.venv/bin/robust`` runs without an activated venv."""
+    import shutil
+
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except (ImportError, AttributeError):
+            pass
 
 
 def kernel_status() -> str:
@@ -223,7 +238,8 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 def _lanes_fit(t: torch.Tensor, *channels: int) -> bool:
     """Whether the kernel's per-sample products apply to ``t``: the channel counts that are
-    vectorised fill SIMD vectors of 64 bytes."""
+    vectorised fill 64 bytes, a whole number of the kernel's native vectors on every target
+    (16, 32 or 64 bytes: SSE/NEON, AVX2, AVX-512)."""
     lanes = 64 // t.element_size()
     return _load() and all(c % lanes == 0 for c in channels)
 
