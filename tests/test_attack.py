@@ -161,10 +161,11 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def test_models_learned_something(bu, td, digits16):
     _, _, xte, yte = digits16
-    # well above chance (10 %); 100 Adam steps land at 0.77-0.88 (BU) depending on the thread
-    # count (float summation order), so the bar is not set at the edge of that range
-    assert (_predict(bu, xte) == yte).float().mean() > 0.7
-    assert (_predict(td, xte) == yte).float().mean() > 0.7
+    # well above chance (10 %); 100 Adam steps land at 0.77-0.88 (BU) on an Intel Xeon and at
+    # 0.65 on an AMD EPYC (float summation order differs with the CPU and thread count), so the
+    # bar is five times chance, not the edge of that range
+    assert (_predict(bu, xte) == yte).float().mean() > 0.5
+    assert (_predict(td, xte) == yte).float().mean() > 0.5
 
 
 # ------------------------------------------------------------------ verified, measured distances
@@ -441,7 +442,9 @@ def test_branch_attack_changes_only_its_input(td, sample, branch, monkeypatch):
         return original(scales)
 
     monkeypatch.setattr(td, "forward_scales", record)
-    out = run_attack(target, "ddn", x, y, params={"steps": 15}, batch_size=64)
+    # 50 steps: with 15, the high input alone fooled none of the digits on an AMD EPYC with one
+    # thread (the tiny model trains to other weights there), so the last assert depended on the CPU
+    out = run_attack(target, "ddn", x, y, params={"steps": 50}, batch_size=64)
     monkeypatch.setattr(td, "forward_scales", original)
 
     assert len(calls) > 1
