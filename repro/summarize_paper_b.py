@@ -22,7 +22,7 @@ from scipy import stats
 
 from robustcli.attacks.metrics import split_distances
 from robustcli.attacks.results import read_attack_result
-from robustcli.attacks.runner import worst_case
+from robustcli.attacks.runner import complete_attacks, worst_case
 from robustcli.plots import save_figure
 
 
@@ -78,18 +78,18 @@ def mean_ci(values: list[float]) -> tuple[float, float, float, float]:
 def seed_outcomes(spec: str) -> list:
     """The outcomes of one seed: one attack folder, or several joined by commas (the seed's
     attack set split over parallel processes, same models and images). A split seed's per-part
-    worst cases are dropped and the worst case over all its attacks recomputed per model."""
+    worst cases are dropped and the worst case over all its attacks recomputed per model, over
+    one attack set for all models (``complete_attacks``), as ``robust attack`` does."""
     parts = [Path(p) for p in spec.split(",")]
     outcomes = [o for p in parts for o in read_attack_result(p)[1]]
     if len(parts) == 1:
         return outcomes
     outcomes = [o for o in outcomes if o.attack != "worst-case" and o.branch == "all"]
-    models = dict.fromkeys(o.model for o in outcomes)
-    merged = []
-    for m in models:
-        mine = [o for o in outcomes if o.model == m]
-        merged += mine + [worst_case(mine)]
-    return merged
+    groups = [
+        [o for o in outcomes if o.model == m] for m in dict.fromkeys(o.model for o in outcomes)
+    ]
+    common = complete_attacks(groups)
+    return [o for g in groups for o in g + [worst_case(g, include=common)]]
 
 
 def collect(dirs: list[str]) -> dict[str, dict[str, list]]:

@@ -10,9 +10,7 @@ instead of skipping them silently.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 
@@ -31,12 +29,9 @@ from robustcli.layers.pushpull import (
     use_fused,
 )
 
-CAN_BUILD = (
-    os.environ.get("ROBUSTCLI_PP_KERNEL", "1") != "0"
-    and shutil.which(os.environ.get("CXX", "c++")) is not None
-    and (shutil.which("ninja") is not None or importlib.util.find_spec("ninja") is not None)
+pytestmark = pytest.mark.skipif(
+    not fused.can_build(), reason="no C++ compiler / ninja to build the kernel"
 )
-pytestmark = pytest.mark.skipif(not CAN_BUILD, reason="no C++ compiler / ninja to build the kernel")
 
 
 def test_kernel_builds_where_a_compiler_exists():

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -75,8 +76,6 @@ def _load() -> bool:
 def _ninja_on_path() -> None:
     """torch runs ``ninja`` from PATH; pip's ninja (a dependency) sits beside the interpreter,
     which is not on PATH when ``.venv/bin/robust`` runs without an activated venv."""
-    import shutil
-
     if shutil.which("ninja") is None:
         try:
             import ninja
@@ -84,6 +83,17 @@ def _ninja_on_path() -> None:
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         except (ImportError, AttributeError):
             pass
+
+
+def can_build() -> bool:
+    """Whether this machine has what the kernel's build needs (a C++ compiler and ninja) and the
+    kernel is not disabled: where this holds, a kernel that does not build is a bug."""
+    _ninja_on_path()
+    return (
+        os.environ.get("ROBUSTCLI_PP_KERNEL", "1") != "0"
+        and shutil.which(os.environ.get("CXX", "c++")) is not None
+        and shutil.which("ninja") is not None
+    )
 
 
 def kernel_status() -> str:
