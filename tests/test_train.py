@@ -321,3 +321,25 @@ def test_unknown_normalize_is_refused_before_anything_is_written(tmp_path):
     )
     assert res.exit_code == 2 and "--normalize 'std' is unknown" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_plain_progress_speaks_within_long_epochs_at_most_once_per_interval():
+    import io
+
+    from robustcli.train.report import _Plain
+
+    now = [0.0]
+    out = io.StringIO()
+    rep = _Plain(out, interval=60.0, clock=lambda: now[0])
+    rep.start("header", total_steps=100, done_steps=20)  # resumed at step 20
+    stats = {"loss": 1.5, "acc": 0.25, "images_per_s": 80.0}
+    for t, done in ((30.0, 25), (59.9, 30), (60.0, 35), (100.0, 40), (120.0, 45)):
+        now[0] = t
+        rep.step(1, 4, done, stats)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "header"
+    # t=60: 15 steps in 60 s since the start, 65 to go -> eta 260 s; t=120: 25 in 120 s, 55 left
+    assert lines[1:] == [
+        "epoch 1/4 | step 35/100 | loss 1.5000 acc 25.00% | 80 img/s | eta 4:20",
+        "epoch 1/4 | step 45/100 | loss 1.5000 acc 25.00% | 80 img/s | eta 4:24",
+    ]

@@ -15,7 +15,8 @@ import platform
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,19 @@ class Reporter:
 
 
 class _Plain(Reporter):
-    """One line per epoch, for logs and pipes."""
+    """One line per epoch, for logs and pipes, and a progress line at most every ``interval``
+    seconds within an epoch (a CPU epoch can take many minutes: a log should not go silent)."""
 
-    def __init__(self, stream: Any = None) -> None:
+    def __init__(
+        self,
+        stream: Any = None,
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.stream = stream or sys.stderr
+        self.interval, self.clock = interval, clock
+        self.total = self.first = 0
+        self.t_start = self.last = 0.0
 
     def message(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -70,8 +80,23 @@ class _Plain(Reporter):
 
     def start(self, header: str, total_steps: int, done_steps: int) -> None:
         self.message(header)
+        self.total, self.first = total_steps, done_steps
+        self.t_start = self.last = self.clock()
+
+    def step(self, epoch: int, epochs: int, done: int, stats: Mapping[str, float]) -> None:
+        now = self.clock()
+        if now - self.last < self.interval:
+            return
+        self.last = now
+        rate = (done - self.first) / max(now - self.t_start, 1e-9)  # steps per second
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        self.message(
+            f"epoch {epoch}/{epochs} | step {done}/{self.total} | loss {stats['loss']:.4f} "
+            f"acc {100 * stats['acc']:.2f}% | {stats['images_per_s']:.0f} img/s | eta {hms(eta)}"
+        )
 
     def epoch(self, row: Mapping[str, float], epochs: int) -> None:
+        self.last = self.clock()
         self.message(epoch_line(row, epochs))
 
 
