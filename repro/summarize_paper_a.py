@@ -29,6 +29,15 @@ DERIVED = {
 }
 STUDY = Path(__file__).resolve().parent.parent / "studies" / "ranabhat2025-table1-resnet20.yaml"
 BASELINES = ("resnet20", "pp-resnet20")
+# Table 1's row order; other models follow in file order
+ORDER = (
+    "resnet20",
+    "pp-resnet20",
+    "pp-gelu-resnet20",
+    "ppattn-resnet20",
+    "ppattn-gelu-resnet20",
+    "mspp-resnet20",
+)
 
 
 def load(files: list[Path]) -> dict[str, dict[int, dict]]:
@@ -49,7 +58,8 @@ def load(files: list[Path]) -> dict[str, dict[int, dict]]:
             vals = [row.get(f"c:{c}") for c in parts]
             row[name] = None if None in vals else float(np.mean(vals))
         runs.setdefault(m.group(1), {})[int(m.group(2))] = row
-    return runs
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return dict(sorted(runs.items(), key=lambda kv: rank.get(kv[0], len(ORDER))))
 
 
 def _paper_values() -> dict[str, dict[str, float]]:
@@ -79,7 +89,7 @@ def main() -> None:
         cells = []
         for k in METRICS:
             m, s, _ = mean_ci([r[k] for r in seeds.values() if r.get(k) is not None])
-            cells.append(f"{m:.2f} +- {s:.2f}")
+            cells.append(f"{m:.2f} +- {s:.2f}" if math.isfinite(s) else f"{m:.2f}")
         lines.append(f"| {model} | {len(seeds)} | " + " | ".join(cells) + " |")
     paper = _paper_values()
     for model in runs:
@@ -99,10 +109,13 @@ def main() -> None:
             for k in METRICS:
                 d = [seeds[s][k] - runs[base][s][k] for s in common]
                 m, _, h = mean_ci(d)
-                tag = "" if not math.isfinite(h) else (" *" if abs(m) > h else "")
-                cells.append(f"{m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]{tag}")
+                if math.isfinite(h):
+                    tag = " *" if abs(m) > h else ""
+                    cells.append(f"{m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]{tag}")
+                else:  # one common seed: no interval over seeds
+                    cells.append(f"{m:+.2f}")
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
-        lines.append("\n`*`: the 95 % interval excludes 0.")
+        lines.append("\n`*`: the 95 % interval excludes 0 (none where only one seed is common).")
     md = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(md)
