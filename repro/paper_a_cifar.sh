@@ -5,6 +5,8 @@
 #   repro/paper_a_cifar.sh CIFAR_TREE OUT EPOCHS "SEEDS" N_EVAL ["MODELS"]
 #   repro/paper_a_cifar.sh /data/cifar10-jpeg runs/repro-a 10 "0 1 2" 10000
 # CIFAR_TREE: the extracted CIFAR-10 (JPEG mirror) ImageFolder tree (train/<class>, test/<class>).
+# PRECISION=fp32 pins the training precision (default: train's `auto`, which is bf16 autocast on
+# CPUs with native bf16): pin it when new seeds are to be paired with runs from another machine.
 set -euo pipefail
 data=${1:?CIFAR_TREE}
 out=${2:-runs/repro-a}
@@ -20,7 +22,7 @@ for seed in $seeds; do
     if [ ! -f "$run/model.safetensors" ]; then
       resume=""; [ -f "$run/last.safetensors" ] && resume="--resume"
       $robust train -m "$model" -d cifar10 --data-dir "$data" -r fast -e "$epochs" --seed "$seed" \
-        -o "$run" $resume --progress plain
+        -o "$run" $resume --progress plain ${PRECISION:+--precision "$PRECISION"}
     fi
     res="$out/evalc-$model-e$epochs-n$n-s$seed.json"
     files+=("$res")
