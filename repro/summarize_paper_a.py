@@ -29,15 +29,6 @@ DERIVED = {
 }
 STUDY = Path(__file__).resolve().parent.parent / "studies" / "ranabhat2025-table1-resnet20.yaml"
 BASELINES = ("resnet20", "pp-resnet20")
-# Table 1's row order; other models follow in file order
-ORDER = (
-    "resnet20",
-    "pp-resnet20",
-    "pp-gelu-resnet20",
-    "ppattn-resnet20",
-    "ppattn-gelu-resnet20",
-    "mspp-resnet20",
-)
 
 
 def load(files: list[Path]) -> dict[str, dict[int, dict]]:
@@ -58,16 +49,21 @@ def load(files: list[Path]) -> dict[str, dict[int, dict]]:
             vals = [row.get(f"c:{c}") for c in parts]
             row[name] = None if None in vals else float(np.mean(vals))
         runs.setdefault(m.group(1), {})[int(m.group(2))] = row
-    rank = {name: i for i, name in enumerate(ORDER)}
-    return dict(sorted(runs.items(), key=lambda kv: rank.get(kv[0], len(ORDER))))
+    # Table 1's row order (the study's grid); models not in it follow in file order
+    order = [g["model"] for g in (_study().get("grid") or {}).get("models") or []]
+    rank = {name: i for i, name in enumerate(order)}
+    return dict(sorted(runs.items(), key=lambda kv: rank.get(kv[0], len(order))))
+
+
+def _study() -> dict:
+    from robustcli.io import read_yaml
+
+    return read_yaml(STUDY, "study file", "restore it from git")
 
 
 def _paper_values() -> dict[str, dict[str, float]]:
     """The published Table 1 numbers (paper A), as the study file records them."""
-    from robustcli.io import read_yaml
-
-    doc = read_yaml(STUDY, "study file", "restore it from git")
-    return (doc.get("paper") or {}).get("values") or {}
+    return (_study().get("paper") or {}).get("values") or {}
 
 
 def mean_ci(v: list[float]) -> tuple[float, float, float]:
