@@ -21,17 +21,13 @@ from scipy import stats
 from robustcli.plots import save_figure
 
 METRICS = ("clean_acc", "avg_noise_4", "avg_blur_5", "mean_all_19")
-# the paper's averages (Table 1): noise over 4 corruptions (with speckle), blur over 5 (with
-# Gaussian blur), as studies/ranabhat2025-table1-resnet20.yaml derives them
-DERIVED = {
-    "avg_noise_4": ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"),
-    "avg_blur_5": ("gaussian_blur", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
-}
 STUDY = Path(__file__).resolve().parent.parent / "studies" / "ranabhat2025-table1-resnet20.yaml"
 BASELINES = ("resnet20", "pp-resnet20")
 
 
 def load(files: list[Path]) -> dict[str, dict[int, dict]]:
+    study = _study()
+    derived = study["report"]["derived"]
     runs: dict[str, dict[int, dict]] = {}
     for f in files:
         m = re.match(r"evalc-(.+?)-e\d+-n\d+-s(\d+)\.json$", f.name)
@@ -45,12 +41,14 @@ def load(files: list[Path]) -> dict[str, dict[int, dict]]:
             **{g: v for g, v in (doc.get("groups") or {}).items()},
             **{f"c:{c}": v for c, v in doc["per_corruption"].items()},
         }
-        for name, parts in DERIVED.items():
-            vals = [row.get(f"c:{c}") for c in parts]
+        # the paper's averages (Table 1): noise over 4 corruptions (with speckle), blur over 5
+        # (with Gaussian blur), from the study's `report.derived`, as `robust study` computes them
+        for name, parts in derived.items():
+            vals = [row.get(p.replace("corruption:", "c:", 1)) for p in parts]
             row[name] = None if None in vals else float(np.mean(vals))
         runs.setdefault(m.group(1), {})[int(m.group(2))] = row
     # Table 1's row order (the study's grid); models not in it follow in file order
-    order = [g["model"] for g in (_study().get("grid") or {}).get("models") or []]
+    order = [g["model"] for g in (study.get("grid") or {}).get("models") or []]
     rank = {name: i for i, name in enumerate(order)}
     return dict(sorted(runs.items(), key=lambda kv: rank.get(kv[0], len(order))))
 
