@@ -46,6 +46,9 @@ class Comparison:
     sources: dict[str, str] = field(default_factory=dict)
     #: How the inputs differ (one line each); non-empty only with ``allow_mismatch=True``.
     mismatches: list[str] = field(default_factory=list)
+    #: ``paired=True``: per candidate column, the bootstrap interval over images of its delta
+    #: (``ci_low`` / ``ci_high`` per metric; ``robustcli.evaluate.paired``).
+    intervals: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def mismatch_note(self) -> str | None:
@@ -145,14 +148,15 @@ def input_mismatches(
         labelled.insert(0, ("baseline " + _label(baseline, "(given)"), baseline))
     conds = [(label, str(d.get("kind")), result_conditions(d)) for label, d in labelled]
     out: list[str] = []
-    refs: dict[tuple[str, str], tuple[str, Any]] = {}  # (kind or "*", condition) -> reference
-    for label, kind, cond in conds:
+    # (kind or "*", condition) -> the reference: its position, label and value
+    refs: dict[tuple[str, str], tuple[int, str, Any]] = {}
+    for i, (label, kind, cond) in enumerate(conds):
         for key, value in cond.items():
             scope = "*" if key == "dataset" else kind
-            ref = refs.setdefault((scope, key), (label, value))
-            if ref[0] == label:
+            ref = refs.setdefault((scope, key), (i, label, value))
+            if ref[0] == i:
                 continue
-            diff = _difference(key, ref[1], value, ref[0], label)
+            diff = _difference(key, ref[2], value, ref[1], label)
             if diff and diff not in out:
                 out.append(diff)
     return out
@@ -163,6 +167,7 @@ def compare(
     *,
     baseline: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     allow_mismatch: bool = False,
+    paired: bool = False,
 ) -> Comparison:
     """Load ``results`` (paths or documents) and the optional ``baseline`` into a Comparison.
 
@@ -170,7 +175,11 @@ def compare(
     has the same model name. Results measured on different inputs (another dataset, other
     corruptions, severities, number of images, attacks, epsilons; ``input_mismatches``) are
     refused with one line naming both sides, unless ``allow_mismatch``: then the Comparison
-    carries the differences in ``mismatches`` and every rendering says so."""
+    carries the differences in ``mismatches`` and every rendering says so.
+
+    ``paired``: every result and the baseline are eval-c documents with per-image results
+    (``eval-c --per-image``) on the same images; each delta then gets a 95 % bootstrap interval
+    over images (``intervals``), the image-sampling error of that one pair of runs."""
     if not results:
         raise RobustError("nothing to compare: pass one or more result files")
     docs = [r if isinstance(r, Mapping) else load_result(r) for r in results]
@@ -183,7 +192,13 @@ def compare(
             f"results measured on different inputs: {'; '.join(mismatches)}; compare results "
             "of the same dataset and settings, or pass --allow-mismatch"
         )
+    if paired and (bdoc is None or allow_mismatch):
+        raise RobustError(
+            "--paired compares each result with the baseline on the same images: pass "
+            "--baseline (and drop --allow-mismatch)"
+        )
     frame = metrics_frame(docs)
+    intervals = _paired_intervals(docs, bdoc, [str(c) for c in frame.columns]) if paired else {}
     sources = {str(c): "" for c in frame.columns}
     base_label = None
     if bdoc is not None:
@@ -199,7 +214,27 @@ def compare(
         order = metrics_frame([*docs, bdoc]).index  # canonical row order over both
         frame = frame.reindex([r for r in order if r in frame.index])
         sources[base_label] = str(bdoc.get("_source", ""))
-    return Comparison(frame, base_label, sources, mismatches)
+    return Comparison(frame, base_label, sources, mismatches, intervals)
+
+
+def _paired_intervals(
+    docs: Sequence[Mapping[str, Any]], bdoc: Mapping[str, Any] | None, columns: Sequence[str]
+) -> dict[str, pd.DataFrame]:
+    """Per result column, the bootstrap interval over images of ``result - baseline``."""
+    from robustcli.evaluate.paired import paired_bootstrap
+
+    assert bdoc is not None
+    for doc in (*docs, bdoc):
+        if doc.get("kind") != "eval-c":
+            raise RobustError(
+                f"--paired compares eval-c results image by image: "
+                f"{_label(doc, 'a result')} is a {doc.get('kind')} result; drop it or --paired"
+            )
+    # each eval-c document opens its own column, in order (metrics_frame)
+    return {
+        col: paired_bootstrap(doc, bdoc)[["ci_low", "ci_high"]]
+        for col, doc in zip(columns, docs, strict=True)
+    }
 
 
 def _mark(text: str, rank: int, style: str) -> str:
@@ -250,7 +285,21 @@ def comparison_frame(cmp: Comparison, style: str = "plain", floatfmt: str = ".2f
         for col in deltas.columns:
             d = float(deltas.at[metric, col])
             key = f"delta {col}"
-            row[key] = d if style == "none" else ("-" if math.isnan(d) else f"{d:+.2f}")
+            ci = cmp.intervals.get(str(col))
+            lo, hi = (
+                (float(ci.at[metric, "ci_low"]), float(ci.at[metric, "ci_high"]))
+                if ci is not None and metric in ci.index
+                else (math.nan, math.nan)
+            )
+            if style == "none":
+                row[key] = d
+                if ci is not None:
+                    row[f"ci_low {col}"], row[f"ci_high {col}"] = lo, hi
+            else:
+                text = "-" if math.isnan(d) else f"{d:+.2f}"
+                if not (math.isnan(d) or math.isnan(lo)):
+                    text += f" [{lo:+.2f}, {hi:+.2f}]"
+                row[key] = text
         if style == "none":
             r = ranks.loc[metric]
             row["best"] = ", ".join(str(c) for c in r.index[r == 1]) or None
@@ -280,8 +329,8 @@ def render_comparison(cmp: Comparison, fmt: str = "table", console: Any = None) 
 
 LEGEND = (
     "best per row in bold, second best underlined (among three or more models); `delta` = "
-    "value - baseline; accuracies in %, L2 in [0, 1] pixels; `:auc`, `:success`, `mce` and "
-    "losses: lower is better."
+    "value - baseline (--paired: with its [95 % bootstrap interval over images]); accuracies "
+    "in %, L2 in [0, 1] pixels; `:auc`, `:success`, `mce` and losses: lower is better."
 )
 
 

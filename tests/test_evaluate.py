@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import io
 import json
 import os
 from pathlib import Path
@@ -511,6 +512,60 @@ def test_cli_eval_c_generate(workspace, tmp_path, monkeypatch):
     assert doc["severities"] == [2, 3] and doc["counts"]["brightness"]["2"][1] == 10
 
 
+def test_cli_per_image_then_paired_compare(workspace, tmp_path, monkeypatch):
+    """eval-c --per-image records a bit per image and cell; compare --paired turns two such
+    results into deltas with bootstrap intervals over the images."""
+    monkeypatch.setenv("ROBUSTCLI_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(1)
+    other = _randomize_bn(create_model("resnet20"))
+    save_checkpoint(
+        tmp_path / "other" / "model.safetensors",
+        other,
+        model_name="resnet20",
+        config=resolve_config("resnet20"),
+        dataset="cifar10",
+        normalization={"mean": list(SPEC.mean), "std": list(SPEC.std)},
+    )
+    sel = ["--generate", "-c", "gaussian_noise,fog", "-s", "1,5", "--data-dir"]
+    sel += [str(workspace / "clean"), "--per-image", "--no-progress"]
+    docs = {}
+    for name, ck in (("a", workspace / "ckpts" / "resnet20"), ("b", tmp_path / "other")):
+        out = tmp_path / f"{name}.json"
+        code, text = _run([str(ck), *sel, "--out", str(out)])
+        assert code == 0, text
+        docs[name] = json.loads(out.read_text())
+    bits = docs["a"]["per_image"]
+    assert bits["n"] == 20 and set(bits["accuracy"]) == {"gaussian_noise", "fog"}
+    from robustcli.evaluate.paired import per_image_metrics
+
+    frame = per_image_metrics(docs["a"])
+    assert frame["clean_acc"].mean() == pytest.approx(docs["a"]["clean_acc"])
+    assert frame["corruption:fog"].mean() == pytest.approx(docs["a"]["per_corruption"]["fog"])
+
+    args = ["compare", str(tmp_path / "a.json"), "--baseline", str(tmp_path / "b.json")]
+    result = CliRunner().invoke(app, [*args, "--paired", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(io.StringIO(result.output)).set_index("metric")
+    delta = docs["a"]["clean_acc"] - docs["b"]["clean_acc"]
+    row = table.loc["clean_acc"]
+    assert row["delta resnet20"] == pytest.approx(delta)
+    assert row["ci_low resnet20"] <= delta <= row["ci_high resnet20"]
+    assert row["ci_low resnet20"] < row["ci_high resnet20"]  # 20 images: a wide interval
+    md = CliRunner().invoke(app, [*args, "--paired", "--format", "markdown"])
+    assert md.exit_code == 0 and f"{delta:+.2f} [" in md.output
+
+    # --paired needs a baseline, and per-image results on both sides
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "a.json"), "--paired"])
+    assert result.exit_code == 2 and "pass --baseline" in result.output
+    plain = tmp_path / "plain.json"
+    code, text = _run([str(tmp_path / "other"), *sel[:-2], "--out", str(plain)])
+    assert code == 0, text
+    result = CliRunner().invoke(app, [*args[:2], "--baseline", str(plain), "--paired"])
+    assert result.exit_code == 2, result.output
+    assert "no per-image results: evaluate with `robust eval-c --per-image`" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -547,9 +602,10 @@ torch.set_num_threads(1)
 root, out = sys.argv[1], sys.argv[2]
 doc = run_eval_c(os.path.join(root, "ckpts", "resnet20"), cifar_c_dir=os.path.join(root, "c10c"),
                  corruptions="gaussian_noise,contrast", data_dir=os.path.join(root, "clean"),
-                 device="cpu", batch_size=7)
+                 device="cpu", batch_size=7, per_image=True)
 with open(os.path.join(out, "rank%s.json" % os.environ["RANK"]), "w") as fh:
-    json.dump({"counts": doc["counts"], "world": doc["provenance"]["inference"]["world_size"]}, fh)
+    json.dump({"counts": doc["counts"], "world": doc["provenance"]["inference"]["world_size"],
+               "per_image": doc["per_image"]}, fh)
 """
 
 
@@ -567,11 +623,13 @@ def test_two_gloo_ranks_match_one_process(workspace, tmp_path, monkeypatch, torc
         data_dir=workspace / "clean",
         device="cpu",
         batch_size=7,
+        per_image=True,
     )
     for rank in (0, 1):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got["world"] == 2
         assert got["counts"] == single["counts"]
+        assert got["per_image"] == single["per_image"]  # each rank's images, summed
 
 
 def test_cli_corrupt_then_eval_equals_generate(workspace, tmp_path, monkeypatch):

@@ -57,6 +57,13 @@ def compare_command(
         help="Compare results measured on different inputs (dataset, corruptions, severities, "
         "images, attacks, epsilons) anyway; every output then says so.",
     ),
+    paired: bool = typer.Option(
+        False,
+        "--paired",
+        help="eval-c results written with --per-image, on the same images: each delta gets a "
+        "95 % bootstrap interval over images (how much it depends on the test images drawn; "
+        "seed-to-seed spread comes on top). Needs --baseline.",
+    ),
 ) -> None:
     """Results of train, eval-c and attack side by side; gate regressions for CI.
 
@@ -96,7 +103,7 @@ def compare_command(
         targets.append(Path(env_summary))
     for t in targets:  # appended to at the end: refuse an unwritable one before any output
         check_summary_path(t)
-    cmp = compare(results, baseline=baseline, allow_mismatch=allow_mismatch)
+    cmp = compare(results, baseline=baseline, allow_mismatch=allow_mismatch, paired=paired)
     if cmp.mismatch_note:
         note = escape(cmp.mismatch_note)  # paths and names are not Rich markup
         err_console.print(f"[bold yellow]{note}[/]", highlight=False, soft_wrap=True)

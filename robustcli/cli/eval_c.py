@@ -84,6 +84,12 @@ def eval_c_command(
     fold: bool = typer.Option(
         True, "--fold/--no-fold", help="Fold push-pull and BatchNorm layers (exactly equal)."
     ),
+    per_image: bool = typer.Option(
+        False,
+        "--per-image",
+        help="Also record which images were classified correctly (a bit per image and cell, "
+        "in the JSON): `robust compare --paired` then gives bootstrap intervals over images.",
+    ),
 ) -> None:
     """Evaluate a model on CIFAR-10-C: accuracy per corruption and severity, group means,
     clean accuracy, CE / relative CE against a baseline result.
@@ -126,6 +132,7 @@ def eval_c_command(
         dataset=dataset,
         fold=fold,
         progress=opt.progress_mode(progress, no_progress) == "rich",
+        per_image=per_image,
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -146,7 +147,16 @@ class _BatchCounter:
         )
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    def __call__(self, item: WorkItem, data: Batch, c: torch.Tensor, t: torch.Tensor) -> None:
+    def __call__(
+        self,
+        item: WorkItem,
+        data: Batch,
+        c: torch.Tensor,
+        t: torch.Tensor,
+        hits: torch.Tensor | None = None,
+    ) -> None:
+        """``hits`` (rows x positions, or None): 1 where an image is classified correctly, at
+        the item's positions (``WorkItem.offset``); chunks never share a position."""
         images, labels, sev = data
         row = item.row if item.row >= 0 else self.clean_row
         dev, bs = self.device, self.batch_size
@@ -159,8 +169,12 @@ class _BatchCounter:
             pred = self._predict(x)
             y = labels[lo : lo + bs].to(dev, non_blocking=True)
             s = sev[lo : lo + bs].to(dev, non_blocking=True)
-            c[row].index_add_(0, s, (pred == y).long())
+            right = (pred == y).long()
+            c[row].index_add_(0, s, right)
             t[row].index_add_(0, s, torch.ones_like(s))
+            if hits is not None:
+                at = item.offset + lo
+                hits[row, at : at + right.shape[0]] = right.to(hits.dtype)
 
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted classes; under ``bf16-checked`` the near ties again in fp32."""
@@ -205,6 +219,7 @@ def evaluate_corruptions(
     info: DistInfo = SINGLE,
     progress: bool = False,
     workers: int | None = None,
+    per_image: bool = False,
 ) -> Tally:
     """Count correct predictions of ``model`` (normalised input) per (corruption, severity).
 
@@ -212,6 +227,8 @@ def evaluate_corruptions(
     ``n_examples``. ``adapter`` maps dataset images (uint8) to the model's input shape (a
     checkpoint's ``input``). In a ``torchrun`` job (``info``) each rank evaluates every
     world-size-th chunk and the counts are summed over ranks; every rank returns the totals.
+    ``per_image``: also record which images were classified correctly (``Tally.hits``,
+    ``Tally.clean_hits``), for paired comparisons over the same images.
     """
     dev = torch.device(device)
     corruptions, severities = tuple(corruptions), tuple(severities)
@@ -227,6 +244,9 @@ def evaluate_corruptions(
     rows = len(corruptions) + 1  # the last row holds the clean counts
     correct = torch.zeros(rows, len(severities), dtype=torch.int64, device=dev)
     total = torch.zeros_like(correct)
+    # every position is written by one rank and is 0 on the others: the all-reduce sums them
+    width = max(it.offset + it.size for it in items)
+    hits = torch.zeros(rows, width, dtype=torch.int32, device=dev) if per_image else None
     count = _BatchCounter(
         net,
         dev,
@@ -244,12 +264,13 @@ def evaluate_corruptions(
     with bar:
         task = bar.add_task("eval-c", total=sum(it.size for it in mine))
         if n_workers == 1:
-            _count_serially(count, mine, (correct, total), dev, amp, (bar, task))
+            _count_serially(count, mine, (correct, total, hits), dev, amp, (bar, task))
         else:
-            _count_threaded(count, mine, (correct, total), dev, amp, (bar, task), n_workers)
+            _count_threaded(count, mine, (correct, total, hits), dev, amp, (bar, task), n_workers)
     counts = torch.stack([correct, total])
     all_reduce_sum(counts, info)
     counts_np = counts.cpu().numpy()
+    per_image_hits = _split_hits(hits, info, items, len(severities), clean is not None)
     return Tally(
         corruptions=corruptions,
         severities=severities,
@@ -259,6 +280,8 @@ def evaluate_corruptions(
         clean_total=int(counts_np[1, -1, 0]) if clean is not None else None,
         seconds=time.perf_counter() - t0,
         images=int(counts_np[1].sum()),
+        hits=per_image_hits[0],
+        clean_hits=per_image_hits[1],
         report={
             **report,
             "batch_size": bs,
@@ -273,10 +296,28 @@ def evaluate_corruptions(
     )
 
 
+def _split_hits(
+    hits: torch.Tensor | None,
+    info: DistInfo,
+    items: Sequence[WorkItem],
+    n_severities: int,
+    has_clean: bool,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The summed per-image rows as (corruptions, severities, n) and (n,) bool arrays."""
+    if hits is None:
+        return None, None
+    all_reduce_sum(hits, info)
+    h = hits.cpu().numpy().astype(bool)
+    n = max(it.offset + it.size for it in items if it.row >= 0) // n_severities
+    cells = h[:-1, : n_severities * n].reshape(h.shape[0] - 1, n_severities, n)
+    clean_n = max((it.offset + it.size for it in items if it.row < 0), default=0)
+    return cells.copy(), (h[-1, :clean_n].copy() if has_clean else None)
+
+
 def _count_serially(
     count: _BatchCounter,
     items: Sequence[WorkItem],
-    counts: tuple[torch.Tensor, torch.Tensor],
+    counts: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
     device: torch.device,
     precision: str,
     progress: tuple[Any, Any],
@@ -293,7 +334,7 @@ def _count_serially(
 def _count_threaded(
     count: _BatchCounter,
     items: Sequence[WorkItem],
-    counts: tuple[torch.Tensor, torch.Tensor],
+    counts: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
     device: torch.device,
     precision: str,
     progress: tuple[Any, Any],
@@ -301,14 +342,15 @@ def _count_threaded(
 ) -> None:
     """CPU: whole items on single-threaded workers scale better than splitting each small
     convolution over threads (no barrier per operation). Each item counts into its own
-    tensors, added to ``counts`` as it finishes."""
+    tensors, added to ``counts`` as it finishes; per-image hits go straight to their
+    positions, which no two items share."""
     bar, task = progress
-    correct, total = counts
+    correct, total, hits = counts
 
     def work(item: WorkItem) -> tuple[WorkItem, torch.Tensor, torch.Tensor]:
         c, t = torch.zeros_like(correct), torch.zeros_like(total)
         with torch.inference_mode(), autocast(device, precision):
-            count(item, item.load(), c, t)
+            count(item, item.load(), c, t, hits)
         return item, c, t
 
     threads = torch.get_num_threads()

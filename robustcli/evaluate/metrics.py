@@ -16,7 +16,8 @@ from robustcli.errors import RobustError
 
 @dataclass
 class Tally:
-    """Correct / total counts per (corruption, severity) and on clean images."""
+    """Correct / total counts per (corruption, severity) and on clean images; with
+    ``per_image``, which images were right (the counts are the sums of ``hits``)."""
 
     corruptions: tuple[str, ...]
     severities: tuple[int, ...]
@@ -27,6 +28,8 @@ class Tally:
     seconds: float = 0.0
     images: int = 0
     report: dict[str, Any] = field(default_factory=dict)
+    hits: np.ndarray | None = None  # (C, S, n) bool: image i right at (c, s); per_image only
+    clean_hits: np.ndarray | None = None  # (n,) bool, on the clean images
 
     def accuracy(self) -> np.ndarray:
         """(C, S) accuracies in percent."""

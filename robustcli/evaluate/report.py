@@ -77,6 +77,12 @@ def eval_c_document(
         **summary,
         "baseline": None,
     }
+    if tally.hits is not None:
+        from robustcli.evaluate.paired import encode_per_image
+
+        doc["per_image"] = encode_per_image(
+            tally.corruptions, tally.severities, tally.hits, tally.clean_hits
+        )
     if baseline is not None:
         doc["baseline"] = {
             "path": str(baseline_path) if baseline_path is not None else None,

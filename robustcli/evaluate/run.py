@@ -61,6 +61,7 @@ def run_eval_c(
     progress: bool = False,
     untrained: bool = False,
     dataset: str | None = None,
+    per_image: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on CIFAR-10-C and return the result document (every rank of a
     ``torchrun`` job gets the same document; write it on rank 0 only).
@@ -70,6 +71,8 @@ def run_eval_c(
     dataset test split from ``data_dir`` (``clean=False`` skips it; ``--generate`` needs it).
     ``checkpoint`` is any model reference (``robustcli.models.load_model``): ``dataset`` is
     the one of a ``package.module:factory`` model, ``untrained`` allows a bare registry name.
+    ``per_image``: the document also records which images were right (``per_image``; see
+    ``robustcli.evaluate.paired`` for paired comparisons of two models on the same images).
 
     Numbers and selections are checked first (``RobustError``, before any file is read):
     ``n_examples`` and ``batch_size`` >= 1, ``seed`` >= 0, severities in 1..5, known corruption
@@ -118,6 +121,7 @@ def run_eval_c(
             adapter=data.adapter,
             info=info,
             progress=progress,
+            per_image=per_image,
         )
     finally:
         teardown_distributed(info)

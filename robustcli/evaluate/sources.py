@@ -32,12 +32,18 @@ GENERATION_CHUNK = 1000
 @dataclass(frozen=True)
 class WorkItem:
     """One chunk of work: ``load()`` gives uint8 images (N, C, H, W; any strides), int64 labels
-    and, per image, the index of its severity in the evaluated list (0 for clean images)."""
+    and, per image, the index of its severity in the evaluated list (0 for clean images).
+
+    ``offset``: where the chunk's first image sits in its row, severity-major (image ``i`` of
+    the ``k``-th evaluated severity at ``k * n + i``; clean images at ``i``); a chunk's images
+    are consecutive there, so per-image results (``--per-image``) land at
+    ``offset .. offset + size``."""
 
     row: int  # corruption index in the tally; -1 for clean images
     size: int
     load: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     label: str = ""
+    offset: int = 0
 
 
 def _first_n(n_available: int, n_examples: int | None, what: str) -> int:
@@ -98,6 +104,7 @@ class OfficialSource:
                         stop - start,
                         self._loader(name, severities, n, start, stop, labels),
                         name,
+                        start,
                     )
                 )
         return items
@@ -191,7 +198,8 @@ class GeneratedSource:
             for si, s in enumerate(severities):
                 for b, lo in enumerate(range(0, n, GENERATION_CHUNK)):
                     hi = min(lo + GENERATION_CHUNK, n)
-                    items.append(WorkItem(row, hi - lo, self._loader(name, s, si, b, lo, hi), name))
+                    load = self._loader(name, s, si, b, lo, hi)
+                    items.append(WorkItem(row, hi - lo, load, name, si * n + lo))
         return items
 
     def _loader(
@@ -229,7 +237,7 @@ def clean_items(
         return lambda: (images[lo:hi], labels[lo:hi], torch.zeros(hi - lo, dtype=torch.int64))
 
     return [
-        WorkItem(-1, min(lo + chunk, n) - lo, loader(lo, min(lo + chunk, n)), "clean")
+        WorkItem(-1, min(lo + chunk, n) - lo, loader(lo, min(lo + chunk, n)), "clean", lo)
         for lo in range(0, n, chunk)
     ]
 
