@@ -5,6 +5,7 @@
 #   repro/paper_a_cifar.sh CIFAR_TREE OUT EPOCHS "SEEDS" N_EVAL ["MODELS"]
 #   repro/paper_a_cifar.sh /data/cifar10-jpeg runs/repro-a 10 "0 1 2" 10000
 # CIFAR_TREE: the extracted CIFAR-10 (JPEG mirror) ImageFolder tree (train/<class>, test/<class>).
+# eval-c records per-image results (--per-image): summarize_paper_a.py adds intervals over images.
 # PRECISION=fp32 pins the training precision (default: train's `auto`, which is bf16 autocast on
 # CPUs with native bf16): pin it when new seeds are to be paired with runs from another machine.
 set -euo pipefail
@@ -27,7 +28,7 @@ for seed in $seeds; do
     res="$out/evalc-$model-e$epochs-n$n-s$seed.json"
     files+=("$res")
     [ -f "$res" ] || $robust eval-c "$run" --generate -c all -s 1-5 -n "$n" --data-dir "$data" \
-      --data-label "CIFAR-10 (JPEG mirror)" --seed 0 -o "$res" --no-progress
+      --data-label "CIFAR-10 (JPEG mirror)" --seed 0 -o "$res" --no-progress --per-image
   done
 done
 python "$(dirname "$0")/summarize_paper_a.py" "${files[@]}" --out "$out/summary-e$epochs-n$n"

@@ -4,7 +4,9 @@ Each FILE is an eval-c JSON named ``evalc-<model>-...-s<seed>.json`` (as repro/p
 writes them). Reports mean +- std over seeds per model, and paired differences (same seed)
 against ``resnet20`` (plain) and ``pp-resnet20`` (PP ReLU) with a 95 % t-interval over seeds;
 an interval that contains 0 means the difference is not distinguishable from seed noise.
-Writes ``OUT.md`` and a per-corruption bar chart ``OUT.png``.
+Where both JSONs of a pair hold per-image results (``eval-c --per-image``), each seed's
+difference also gets a 95 % bootstrap interval over the evaluated images (the image-sampling
+error, next to the seed-to-seed SD). Writes ``OUT.md`` and a per-corruption bar chart ``OUT.png``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def load(files: list[Path]) -> dict[str, dict[int, dict]]:
         for name, parts in derived.items():
             vals = [row.get(p.replace("corruption:", "c:", 1)) for p in parts]
             row[name] = None if None in vals else float(np.mean(vals))
+        row["_doc"] = {**doc, "_source": str(f)}
         runs.setdefault(m.group(1), {})[int(m.group(2))] = row
     # Table 1's row order (the study's grid); models not in it follow in file order
     order = [g["model"] for g in (study.get("grid") or {}).get("models") or []]
@@ -110,11 +113,56 @@ def main() -> None:
                     cells.append(f"{m:+.2f}")
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("\n`*`: the 95 % interval excludes 0 (none where only one seed is common).")
+        lines += image_intervals(runs, base)
     md = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(md)
     print(md)
     _bars(runs, args.out.with_suffix(".png"))
+
+
+def image_intervals(runs: dict[str, dict[int, dict]], base: str) -> list[str]:
+    """Per model and seed whose eval-c JSONs (this model's and ``base``'s) hold per-image
+    results (``eval-c --per-image``): the paired difference with its 95 % bootstrap interval
+    over the evaluated images, and the median half-width next to the seed-to-seed SD."""
+    from robustcli.evaluate.paired import bootstrap_mean, paired_metrics
+
+    derived = _study()["report"]["derived"]
+    rows, halves, seed_sd = [], {k: [] for k in METRICS}, {k: [] for k in METRICS}
+    for model, seeds in runs.items():
+        if model == base:
+            continue
+        common = sorted(set(seeds) & set(runs[base]))
+        for k in METRICS:
+            d = [seeds[s][k] - runs[base][s][k] for s in common]
+            if len(d) > 1:
+                seed_sd[k].append(float(np.std(d, ddof=1)))
+        for s in common:
+            a, b = seeds[s]["_doc"], runs[base][s]["_doc"]
+            if "per_image" not in a or "per_image" not in b:
+                continue
+            ma, mb = paired_metrics(a, b)
+            for frame in (ma, mb):
+                for name, parts in derived.items():
+                    frame[name] = frame[list(parts)].mean(axis=1)
+            r = bootstrap_mean((ma - mb)[list(METRICS)])
+            cells = []
+            for k in METRICS:
+                lo, hi = r.at[k, "ci_low"], r.at[k, "ci_high"]
+                halves[k].append((hi - lo) / 2)
+                cells.append(f"{r.at[k, 'delta']:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+            rows.append(f"| {model} | {s} | {len(ma)} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    head = f"Image-sampling error: each seed's difference vs {base}, [95 % bootstrap over images]"
+    lines = ["", head + ":", "", "| model | seed | images | " + " | ".join(METRICS) + " |"]
+    lines += ["|---" * (len(METRICS) + 3) + "|", *rows, ""]
+    half = " / ".join(f"{np.median(halves[k]):.2f}" for k in METRICS)
+    lines.append(f"Median half-width over images: {half} ({', '.join(METRICS)}).")
+    if all(seed_sd[k] for k in METRICS):
+        sd = " / ".join(f"{np.median(seed_sd[k]):.2f}" for k in METRICS)
+        lines.append(f"Median seed-to-seed SD of the same differences: {sd}.")
+    return lines
 
 
 def _bars(runs: dict[str, dict[int, dict]], path: Path) -> None:

@@ -474,3 +474,10 @@ def test_shipped_study_smoke_profile_end_to_end(path, tmp_path, one_thread):
     rows = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [r["model"] for r in rows] == [e["label"] for e in study["grid"]["models"]]
     assert all(r["seeds"] == 1 for r in rows)
+    for step in plan.steps:  # eval-c's per_image option reaches the result document
+        if step.kind == "eval-c":
+            doc = json.loads((tmp_path / "out" / step.result).read_text())
+            wanted = study["steps"]["eval-c"].get("per_image", False)
+            assert ("per_image" in doc) == wanted
+            if wanted:
+                assert doc["per_image"]["n"] == doc["n_examples"]

@@ -10,8 +10,10 @@ data, same clean subset, same ``n``) can then be compared image by image:
   ``corruptions_acc``, ``mean_all_19``, ``group:*``, ``corruption:*``, ``severity:*``, as
   ``robust compare`` names them), in percent. Every such metric is a mean over images of equally
   many cells, so the column means are the document's own numbers.
+- ``paired_metrics(a, b)``: both frames, checked to be of the same images.
 - ``paired_bootstrap(a, b)``: ``a - b`` per metric with a bootstrap confidence interval over
-  images (both models' images resampled together). It measures how much the difference depends
+  images (both models' images resampled together; ``bootstrap_mean`` does it for any frame of
+  per-image values). It measures how much the difference depends
   on which test images were drawn: the image-sampling error of one training run. The
   seed-to-seed spread of training comes on top of it (compare runs of several seeds for that).
 """
@@ -179,6 +181,14 @@ def _check_paired(a: Mapping[str, Any], b: Mapping[str, Any], pa: PerImage, pb: 
         )
 
 
+def paired_metrics(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``per_image_metrics`` of two documents, checked to be of the same images (else
+    ``DataError`` naming the difference): row ``i`` of both is the same image."""
+    pa, pb = per_image_results(a), per_image_results(b)
+    _check_paired(a, b, pa, pb)
+    return per_image_metrics(pa), per_image_metrics(pb)
+
+
 def paired_bootstrap(
     a: Mapping[str, Any],
     b: Mapping[str, Any],
@@ -193,31 +203,36 @@ def paired_bootstrap(
     are resampled together (paired: the same draw for both models), ``n_boot`` times; the
     interval is the percentile interval at ``level``. Returns one row per metric (index) with
     columns ``a``, ``b``, ``delta``, ``ci_low``, ``ci_high`` (percentage points)."""
+    ma, mb = paired_metrics(a, b)
+    common = [c for c in ma.columns if c in mb.columns]
+    out = bootstrap_mean(ma[common] - mb[common], n_boot=n_boot, level=level, seed=seed)
+    out.insert(0, "b", mb[common].mean())
+    out.insert(0, "a", ma[common].mean())
+    return out
+
+
+def bootstrap_mean(
+    frame: pd.DataFrame, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
+    """Per column of ``frame`` (rows = images): the mean (``delta``) and its percentile
+    bootstrap interval (``ci_low``, ``ci_high``); the rows are resampled together, so columns
+    stay paired. ``frame`` may hold per-image differences of metrics of one's own (e.g. the
+    mean of a few ``corruption:*`` columns), as ``paired_bootstrap``'s are."""
     if n_boot < 1:
         raise DataError("n_boot must be at least 1")
     if not 0.0 < level < 1.0:
         raise DataError(f"level must lie strictly between 0 and 1, got {level}")
-    pa, pb = per_image_results(a), per_image_results(b)
-    _check_paired(a, b, pa, pb)
-    ma, mb = per_image_metrics(pa), per_image_metrics(pb)
-    common = [c for c in ma.columns if c in mb.columns]
-    diff = (ma[common] - mb[common]).to_numpy()
+    values = frame.to_numpy(dtype=np.float64)
     rng = np.random.default_rng(seed)
-    n = diff.shape[0]
-    stats = np.empty((n_boot, len(common)))
+    n = values.shape[0]
+    stats = np.empty((n_boot, values.shape[1]))
     for lo in range(0, n_boot, 250):  # 250 x n counts at a time: memory stays small
         k = min(250, n_boot - lo)
         counts = rng.multinomial(n, np.full(n, 1.0 / n), size=k)
-        stats[lo : lo + k] = counts @ diff / n
+        stats[lo : lo + k] = counts @ values / n
     tail = 100.0 * (1.0 - level) / 2.0
     low, high = np.percentile(stats, [tail, 100.0 - tail], axis=0)
     return pd.DataFrame(
-        {
-            "a": ma[common].mean().to_numpy(),
-            "b": mb[common].mean().to_numpy(),
-            "delta": diff.mean(axis=0),
-            "ci_low": low,
-            "ci_high": high,
-        },
-        index=pd.Index(common, name="metric"),
+        {"delta": values.mean(axis=0), "ci_low": low, "ci_high": high},
+        index=pd.Index([str(c) for c in frame.columns], name="metric"),
     )

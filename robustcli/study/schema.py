@@ -255,6 +255,7 @@ def _eval_c(c: _Checker, value: Any, path: list[str | int]) -> dict[str, Any]:
             "batch_size",
             "seed",
             "clean",
+            "per_image",
         ),
     )
     out: dict[str, Any] = {
@@ -267,6 +268,9 @@ def _eval_c(c: _Checker, value: Any, path: list[str | int]) -> dict[str, Any]:
         "seed": c.integer(m.get("seed", 0), [*path, "seed"], 0),
         "clean": c.boolean(m.get("clean", True), [*path, "clean"]),
     }
+    # only when asked: a key absent by default keeps earlier steps' config (and results) valid
+    if c.boolean(m.get("per_image", False), [*path, "per_image"]):
+        out["per_image"] = True
     try:
         out["corruptions"] = ",".join(select_corruptions(out["corruptions"]))
     except RobustError as exc:

@@ -108,6 +108,7 @@ def _run_eval_c(step: Step, root: Path) -> None:
         data_dir=_path(step.config.get("data_dir")),
         clean=o["clean"],
         progress=False,
+        per_image=o.get("per_image", False),
     )
     write_eval_c(doc, root / step.result, force=True)
 
