@@ -495,3 +495,14 @@ def test_malformed_payload_is_a_data_error(tmp_path):
     write_docs(tmp_path, a=doc)
     with pytest.raises(RobustError, match=r"a\.json is not a valid eval-c result"):
         compare([tmp_path / "a.json"])
+
+
+def test_documents_with_one_label_are_still_checked_against_each_other():
+    """Two documents that carry the same label (no path, the same file name) are two results:
+    the input check compares them rather than taking the second for the reference."""
+    from robustcli.compare import input_mismatches
+
+    a = {**measured_eval_c("a"), "_source": "eval.json"}
+    b = {**measured_eval_c("b"), "_source": "eval.json", "n_examples": 50}
+    assert input_mismatches([a, b]) == ["images differ: eval.json has 100, eval.json has 50"]
+    assert input_mismatches([a, {**a}]) == []
