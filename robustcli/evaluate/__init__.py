@@ -21,6 +21,9 @@ The package, one module per step (each usable on its own; everything is re-expor
   ``unaggregated_frame(doc)``, RobustBench's ``unaggregated_results.csv`` layout;
   ``write_eval_c(doc, out, force)``.
 - ``run``: ``run_eval_c(checkpoint, ...)``: all of the above, what the CLI calls.
+- ``paired``: per-image results (``--per-image``: a bit per image and cell in the document)
+  and paired comparisons of two models on the same images: ``per_image_metrics``,
+  ``paired_bootstrap`` (what ``robust compare --paired`` shows).
 
 Accuracies in the result document are percentages (RobustBench's JSON uses percentages, its
 unaggregated CSV fractions; so do we).
