@@ -6,7 +6,9 @@ against ``resnet20`` (plain) and ``pp-resnet20`` (PP ReLU) with a 95 % t-interva
 an interval that contains 0 means the difference is not distinguishable from seed noise.
 Where both JSONs of a pair hold per-image results (``eval-c --per-image``), each seed's
 difference also gets a 95 % bootstrap interval over the evaluated images (the image-sampling
-error, next to the seed-to-seed SD). Writes ``OUT.md`` and a per-corruption bar chart ``OUT.png``.
+error, next to the seed-to-seed SD). Per corruption: mean +- std over seeds with the paper's value
+beside it, and a check that the paper's printed averages are the means of its own rows. Writes
+``OUT.md`` and a per-corruption bar chart ``OUT.png``.
 """
 
 from __future__ import annotations
@@ -114,6 +116,8 @@ def main() -> None:
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("\n`*`: the 95 % interval excludes 0 (none where only one seed is common).")
         lines += image_intervals(runs, base)
+    lines += per_corruption(runs, paper)
+    lines += printed_averages(paper)
     md = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(md)
@@ -163,6 +167,53 @@ def image_intervals(runs: dict[str, dict[int, dict]], base: str) -> list[str]:
         sd = " / ".join(f"{np.median(seed_sd[k]):.2f}" for k in METRICS)
         lines.append(f"Median seed-to-seed SD of the same differences: {sd}.")
     return lines
+
+
+def per_corruption(runs: dict[str, dict[int, dict]], paper: dict[str, dict]) -> list[str]:
+    """Corruptions as rows, models as columns: ``mean +- std`` over seeds, the paper's value in
+    parentheses where Table 1 gives one (keyed ``corruption:<name>`` in the study file)."""
+    from robustcli.corruptions.generate import CORRUPTIONS
+
+    head = "Per corruption, mean +- std over seeds (the paper's Table 1 value in parentheses):"
+    lines = ["", head]
+    lines += ["", "| corruption | " + " | ".join(runs) + " |", "|---" * (len(runs) + 1) + "|"]
+    for c in ["clean", *CORRUPTIONS]:
+        key, metric = ("clean_acc", "clean_acc") if c == "clean" else (f"c:{c}", f"corruption:{c}")
+        cells = []
+        for model, seeds in runs.items():
+            vals = [r[key] for r in seeds.values() if r.get(key) is not None]
+            if not vals:
+                cells.append("-")
+                continue
+            m, s, _ = mean_ci(vals)
+            cell = f"{m:.1f} +- {s:.1f}" if math.isfinite(s) else f"{m:.1f}"
+            if metric in paper.get(model, {}):
+                cell += f" ({paper[model][metric]:.1f})"
+            cells.append(cell)
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def printed_averages(paper: dict[str, dict]) -> list[str]:
+    """The paper's printed averages against the means of its own per-corruption values: the
+    ones that differ by more than 0.05 (rounding of 2-decimal values stays well under that)."""
+    from robustcli.corruptions.generate import CORRUPTIONS
+
+    parts = dict(_study()["report"]["derived"])
+    parts["mean_all_19"] = [f"corruption:{c}" for c in CORRUPTIONS]
+    lines = []
+    for model, v in paper.items():
+        for name, keys in parts.items():
+            if name not in v or any(k not in v for k in keys):
+                continue
+            rows = float(np.mean([v[k] for k in keys]))
+            if abs(rows - v[name]) > 0.05:
+                lines.append(f"| {model} | {name} | {v[name]:.2f} | {rows:.2f} |")
+    if not lines:
+        return []
+    head = "The paper's printed averages that are not the means of its own per-corruption rows:"
+    table = ["| model | average | printed | mean of its rows |", "|---|---|---|---|", *lines]
+    return ["", head, "", *table]
 
 
 def _bars(runs: dict[str, dict[int, dict]], path: Path) -> None:

@@ -165,6 +165,40 @@ def test_shipped_studies_validate_with_every_profile(path):
         assert "paper A" in base["paper"]["source"] and base["paper"]["values"]
 
 
+# The paper's printed Table 1 averages that are not the means of its own per-corruption rows
+# (checked by hand against the paper's text); any other mismatch is a transcription error.
+PAPER_A_MISPRINTS = {
+    ("ppattn-gelu-resnet20", "avg_noise_4"),
+    ("ppattn-gelu-resnet20", "avg_blur_5"),
+    ("mspp-resnet20", "avg_noise_4"),
+    ("mspp-resnet20", "mean_all_19"),
+    ("pp-densenet40", "avg_blur_5"),
+    ("pp-densenet40", "mean_all_19"),
+    ("mspp-densenet40", "avg_noise_4"),
+}
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "densenet40"])
+def test_paper_a_table1_values_agree_with_their_own_averages(arch):
+    from robustcli.corruptions.generate import CORRUPTIONS
+
+    study = load_study(ROOT / "studies" / f"ranabhat2025-table1-{arch}.yaml")
+    parts = {k: [p.split(":", 1)[1] for p in v] for k, v in study["report"]["derived"].items()}
+    parts["mean_all_19"] = CORRUPTIONS
+    with_rows = {m: v for m, v in study["paper"]["values"].items() if "corruption:fog" in v}
+    assert len(with_rows) == 5  # Table 1's five columns per backbone (SimAM is Table 3)
+    off = set()
+    for model, v in with_rows.items():
+        assert {k for k in v if k.startswith("corruption:")} == {
+            f"corruption:{c}" for c in CORRUPTIONS
+        }
+        for name, names in parts.items():
+            rows = sum(v[f"corruption:{c}"] for c in names) / len(names)
+            if abs(rows - v[name]) > 0.05:
+                off.add((model, name))
+    assert off == {k for k in PAPER_A_MISPRINTS if k[0].endswith(arch)}
+
+
 def _with(change: dict) -> dict:
     doc = copy.deepcopy(TINY)
     for dotted, value in change.items():
