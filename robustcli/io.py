@@ -227,6 +227,34 @@ def locked_output(param: str) -> Callable[[F], F]:
     return decorate
 
 
+def writer_of(path: str | os.PathLike[str]) -> str | None:
+    """The holder (``"pid N"``) when another process holds :func:`output_lock` on ``path``, i.e.
+    is writing it right now; else None. Never blocks and never creates a lock file: readers
+    call it to refuse a half-written folder with a clear message."""
+    lock_file = lock_path(path)
+    if lock_file in _HELD or not lock_file.exists():
+        return None
+    try:
+        import fcntl  # POSIX; filelock's Unix lock is flock, which this probes
+    except ImportError:  # pragma: no cover (Windows: no probe)
+        return None
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(lock_file)
+    except OSError:
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _holder(lock_file: Path) -> str:
     try:
         pid = lock_file.read_text().strip()

@@ -746,6 +746,22 @@ def test_load_official_errors(tmp_path):
     _expect_error(empty, "no <corruption>.npy")
 
 
+def test_load_official_refuses_a_folder_being_written(tmp_path):
+    """While another process holds the writer's lock (as `robust corrupt` does), the folder is
+    refused with the holder's pid; once the lock is gone it loads."""
+    fcntl = pytest.importorskip("fcntl")
+    from robustcli.io import lock_path
+
+    root = _official(tmp_path)
+    lock = lock_path(root)
+    lock.write_text("4242\n")
+    with open(lock) as fh:  # another open file description: what a second process would hold
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        _expect_error(root, r"being written by another robustcli process \(pid 4242")
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    assert load_official(root).n == 7  # a stale, unheld lock file does not block readers
+
+
 # ----------------------------------------------------------------------------------------------
 # GPU (only where one is present)
 # ----------------------------------------------------------------------------------------------

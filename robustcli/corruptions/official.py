@@ -20,10 +20,11 @@ import numpy as np
 
 from robustcli.corruptions.generate import CORRUPTIONS, SEVERITIES
 from robustcli.errors import DataError
+from robustcli.io import writer_of
 
 _GET_IT = (
     "download CIFAR-10-C.tar from Zenodo (record 2535967) and extract it, "
-    "or write one with robustcli.corruptions.generate_dataset"
+    "or write one with `robust corrupt FOLDER` (Python: robustcli.corruptions.generate_dataset)"
 )
 
 
@@ -154,6 +155,12 @@ def load_official(
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"corruption folder {root} not found: {_GET_IT}")
+    writer = writer_of(root)
+    if writer:
+        raise DataError(
+            f"{root} is being written by another robustcli process ({writer}, `robust corrupt`):"
+            " wait for it to finish, then run this again"
+        )
     sevs = _severities_of(root)
     s = len(sevs)
     if corruptions is None:
