@@ -115,6 +115,7 @@ def main() -> None:
                     cells.append(f"{m:+.2f}")
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("\n`*`: the 95 % interval excludes 0 (none where only one seed is common).")
+        lines += seeds_needed(runs, base)
         lines += image_intervals(runs, base)
     lines += per_corruption(runs, paper)
     lines += printed_averages(paper)
@@ -123,6 +124,30 @@ def main() -> None:
     args.out.with_suffix(".md").write_text(md)
     print(md)
     _bars(runs, args.out.with_suffix(".png"))
+
+
+def seeds_needed(runs: dict[str, dict[int, dict]], base: str, target: float = 1.0) -> list[str]:
+    """How many seeds a 95 % t-interval of +-``target`` points would take, at the seed-to-seed
+    SD of each paired difference measured here (a planning number: the SD is itself uncertain)."""
+    rows = []
+    for model, seeds in runs.items():
+        common = sorted(set(seeds) & set(runs[base])) if model != base else []
+        if len(common) < 2:
+            continue
+        cells = []
+        for k in METRICS:
+            sd = float(np.std([seeds[s][k] - runs[base][s][k] for s in common], ddof=1))
+            n = 2
+            while stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) > target and n < 10_000:
+                n += 1
+            cells.append(f"{n} (SD {sd:.2f})")
+        rows.append(f"| {model} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    head = f"Seeds a 95 % interval of +-{target:g} point on the difference vs {base} would need"
+    lines = ["", head + ", at the seed-to-seed SD measured here:", ""]
+    lines += ["| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    return lines + rows
 
 
 def image_intervals(runs: dict[str, dict[int, dict]], base: str) -> list[str]:
