@@ -118,6 +118,7 @@ def main() -> None:
         lines += seeds_needed(runs, base)
         lines += image_intervals(runs, base)
     lines += per_corruption(runs, paper)
+    lines += profile_agreement(runs, paper, "pp-resnet20")
     lines += printed_averages(paper)
     md = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +218,43 @@ def per_corruption(runs: dict[str, dict[int, dict]], paper: dict[str, dict]) -> 
             cells.append(cell)
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return lines
+
+
+def profile_agreement(
+    runs: dict[str, dict[int, dict]], paper: dict[str, dict], base: str
+) -> list[str]:
+    """Does each variant gain and lose on the same corruptions as in the paper? Per variant, the
+    19 per-corruption differences from ``base`` (ours: mean over common seeds; the paper's: from
+    its Table 1 rows): how many have the paper's sign, and their correlation across corruptions.
+    Scale-free, so it compares profiles even where our absolute numbers (4 epochs) are lower."""
+    from robustcli.corruptions.generate import CORRUPTIONS
+
+    if base not in runs or base not in paper:
+        return []
+    rows = []
+    for model, seeds in runs.items():
+        common = sorted(set(seeds) & set(runs[base]))
+        keys = [f"corruption:{c}" for c in CORRUPTIONS]
+        if model == base or not common or any(k not in paper.get(model, {}) for k in keys):
+            continue
+        per_seed = np.array(
+            [[seeds[s][f"c:{c}"] - runs[base][s][f"c:{c}"] for c in CORRUPTIONS] for s in common]
+        )
+        ours = per_seed.mean(axis=0)
+        theirs = np.array([paper[model][k] - paper[base][k] for k in keys])
+        agree = int(np.sum(np.sign(ours) == np.sign(theirs)))
+        r = float(np.corrcoef(ours, theirs)[0, 1])
+        r_seed = " / ".join(f"{np.corrcoef(d, theirs)[0, 1]:+.2f}" for d in per_seed)
+        both = [c for c, a, b in zip(CORRUPTIONS, ours, theirs, strict=True) if a > 0 and b > 0]
+        rows.append(
+            f"| {model} | {len(common)} | {agree} / 19 | {r:+.2f} | {r_seed} | "
+            f"{', '.join(both) or '-'} |"
+        )
+    if not rows:
+        return []
+    head = f"Per-corruption profile of each variant's difference from {base}, ours vs the paper's:"
+    cols = "| model | seeds | same sign | correlation | per seed | gains in both |"
+    return ["", head, "", cols, "|---" * 6 + "|", *rows]
 
 
 def printed_averages(paper: dict[str, dict]) -> list[str]:
