@@ -14,6 +14,7 @@ beside it, and a check that the paper's printed averages are the means of its ow
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import re
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from robustcli.corruptions.generate import CORRUPTIONS
 from robustcli.plots import save_figure
 
 METRICS = ("clean_acc", "avg_noise_4", "avg_blur_5", "mean_all_19")
@@ -58,6 +60,7 @@ def load(files: list[Path]) -> dict[str, dict[int, dict]]:
     return dict(sorted(runs.items(), key=lambda kv: rank.get(kv[0], len(order))))
 
 
+@functools.cache
 def _study() -> dict:
     from robustcli.io import read_yaml
 
@@ -67,6 +70,13 @@ def _study() -> dict:
 def _paper_values() -> dict[str, dict[str, float]]:
     """The published Table 1 numbers (paper A), as the study file records them."""
     return (_study().get("paper") or {}).get("values") or {}
+
+
+def paired(runs: dict[str, dict[int, dict]], model: str, base: str, key: str) -> list[float]:
+    """``model - base`` for ``key`` per seed both have (same seed: paired), in seed order."""
+    return [
+        runs[model][s][key] - runs[base][s][key] for s in sorted(set(runs[model]) & set(runs[base]))
+    ]
 
 
 def mean_ci(v: list[float]) -> tuple[float, float, float]:
@@ -100,14 +110,12 @@ def main() -> None:
             continue
         lines += ["", f"Paired difference vs {base} (same seed), mean [95 % CI]:", ""]
         lines += ["| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
-        for model, seeds in runs.items():
+        for model in runs:
             if model == base:
                 continue
-            common = sorted(set(seeds) & set(runs[base]))
             cells = []
             for k in METRICS:
-                d = [seeds[s][k] - runs[base][s][k] for s in common]
-                m, _, h = mean_ci(d)
+                m, _, h = mean_ci(paired(runs, model, base, k))
                 if math.isfinite(h):
                     tag = " *" if abs(m) > h else ""
                     cells.append(f"{m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]{tag}")
@@ -137,7 +145,7 @@ def seeds_needed(runs: dict[str, dict[int, dict]], base: str, target: float = 1.
             continue
         cells = []
         for k in METRICS:
-            sd = float(np.std([seeds[s][k] - runs[base][s][k] for s in common], ddof=1))
+            sd = float(np.std(paired(runs, model, base, k), ddof=1))
             n = 2
             while stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) > target and n < 10_000:
                 n += 1
@@ -164,7 +172,7 @@ def image_intervals(runs: dict[str, dict[int, dict]], base: str) -> list[str]:
             continue
         common = sorted(set(seeds) & set(runs[base]))
         for k in METRICS:
-            d = [seeds[s][k] - runs[base][s][k] for s in common]
+            d = paired(runs, model, base, k)
             if len(d) > 1:
                 seed_sd[k].append(float(np.std(d, ddof=1)))
         for s in common:
@@ -198,8 +206,6 @@ def image_intervals(runs: dict[str, dict[int, dict]], base: str) -> list[str]:
 def per_corruption(runs: dict[str, dict[int, dict]], paper: dict[str, dict]) -> list[str]:
     """Corruptions as rows, models as columns: ``mean +- std`` over seeds, the paper's value in
     parentheses where Table 1 gives one (keyed ``corruption:<name>`` in the study file)."""
-    from robustcli.corruptions.generate import CORRUPTIONS
-
     head = "Per corruption, mean +- std over seeds (the paper's Table 1 value in parentheses):"
     lines = ["", head]
     lines += ["", "| corruption | " + " | ".join(runs) + " |", "|---" * (len(runs) + 1) + "|"]
@@ -227,8 +233,6 @@ def profile_agreement(
     19 per-corruption differences from ``base`` (ours: mean over common seeds; the paper's: from
     its Table 1 rows): how many have the paper's sign, and their correlation across corruptions.
     Scale-free, so it compares profiles even where our absolute numbers (4 epochs) are lower."""
-    from robustcli.corruptions.generate import CORRUPTIONS
-
     if base not in runs or base not in paper:
         return []
     rows = []
@@ -237,9 +241,7 @@ def profile_agreement(
         keys = [f"corruption:{c}" for c in CORRUPTIONS]
         if model == base or not common or any(k not in paper.get(model, {}) for k in keys):
             continue
-        per_seed = np.array(
-            [[seeds[s][f"c:{c}"] - runs[base][s][f"c:{c}"] for c in CORRUPTIONS] for s in common]
-        )
+        per_seed = np.array([paired(runs, model, base, f"c:{c}") for c in CORRUPTIONS]).T
         ours = per_seed.mean(axis=0)
         theirs = np.array([paper[model][k] - paper[base][k] for k in keys])
         agree = int(np.sum(np.sign(ours) == np.sign(theirs)))
@@ -260,8 +262,6 @@ def profile_agreement(
 def printed_averages(paper: dict[str, dict]) -> list[str]:
     """The paper's printed averages against the means of its own per-corruption values: the
     ones that differ by more than 0.05 (rounding of 2-decimal values stays well under that)."""
-    from robustcli.corruptions.generate import CORRUPTIONS
-
     parts = dict(_study()["report"]["derived"])
     parts["mean_all_19"] = [f"corruption:{c}" for c in CORRUPTIONS]
     lines = []
