@@ -8,6 +8,9 @@
 # eval-c records per-image results (--per-image): summarize_paper_a.py adds intervals over images.
 # PRECISION=fp32 pins the training precision (default: train's `auto`, which is bf16 autocast on
 # CPUs with native bf16): pin it when new seeds are to be paired with runs from another machine.
+# CIFAR_C_DIR=DIR reads the corrupted images from a folder written once by
+# `robust corrupt DIR --data-dir CIFAR_TREE -c all -s 1-5 --seed 0` instead of generating them
+# again for every run (the same images: --generate and corrupt draw from the same seed).
 set -euo pipefail
 data=${1:?CIFAR_TREE}
 out=${2:-runs/repro-a}
@@ -27,7 +30,9 @@ for seed in $seeds; do
     fi
     res="$out/evalc-$model-e$epochs-n$n-s$seed.json"
     files+=("$res")
-    [ -f "$res" ] || $robust eval-c "$run" --generate -c all -s 1-5 -n "$n" --data-dir "$data" \
+    images=(--generate)
+    if [ -n "${CIFAR_C_DIR:-}" ]; then images=(--cifar-c-dir "$CIFAR_C_DIR"); fi
+    [ -f "$res" ] || $robust eval-c "$run" "${images[@]}" -c all -s 1-5 -n "$n" --data-dir "$data" \
       --data-label "CIFAR-10 (JPEG mirror)" --seed 0 -o "$res" --no-progress --per-image
   done
 done

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Any
 
 
@@ -36,3 +38,70 @@ def progress_bar(
             columns.append(TextColumn(remaining_label))
         columns.append(TimeRemainingColumn())
     return Progress(*columns, console=console, disable=not enabled, transient=transient)
+
+
+class ProgressLines:
+    """The bar's stand-in where nobody watches a terminal (logs, CI, ``nohup``): a line on
+    ``stream`` (default stderr) each time the work moves on to a new part, at most one every
+    ``every`` seconds within a part, and one at the end. A part is the first word of the task's
+    description (``gaussian_noise`` of ``gaussian_noise s3``). Implements the part of
+    ``rich.progress.Progress`` the long jobs use: ``add_task``, ``update``, ``advance`` and the
+    context manager."""
+
+    def __init__(self, name: str, *, stream: Any = None, every: float = 60.0) -> None:
+        self.name, self.stream, self.every = name, stream, every
+        self.total = 0.0
+        self.done = 0.0
+        self.part = ""
+        self.t0 = self.last = 0.0
+
+    def __enter__(self) -> ProgressLines:
+        self.t0 = self.last = time.monotonic()
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None and self.done:
+            self._line("done")
+
+    def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
+        self.total = float(total or 0)
+        self.part = description.split(" ", 1)[0]
+        return 0
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        self.update(task, advance=advance)
+
+    def update(
+        self, task: int, *, description: str | None = None, advance: float = 0, **_: Any
+    ) -> None:
+        part = self.part if description is None else description.split(" ", 1)[0]
+        now = time.monotonic()
+        if part != self.part or now - self.last >= self.every:
+            self._line(part)
+            self.last = now
+        self.part = part
+        self.done += advance
+
+    def _line(self, what: str) -> None:
+        elapsed = time.monotonic() - self.t0
+        line = f"{self.name}: {what}, {self.done:,.0f}/{self.total:,.0f}"
+        if self.total:
+            line += f" ({100 * self.done / self.total:.1f} %)"
+        line += f", {_clock(elapsed)} elapsed"
+        if 0 < self.done < self.total:
+            line += f", ~{_clock(elapsed * (self.total - self.done) / self.done)} left"
+        print(line, file=self.stream or sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def work_progress(mode: bool | str, name: str, description: str, **bar: Any) -> Any:
+    """The display of a long job for a progress mode: ``rich`` / ``True`` a Rich bar (``bar``:
+    :func:`progress_bar`'s options), ``plain`` lines (:class:`ProgressLines`), ``none`` /
+    ``False`` nothing (a disabled bar)."""
+    if mode == "plain":
+        return ProgressLines(name)
+    return progress_bar(description, enabled=mode in (True, "rich"), **bar)

@@ -299,11 +299,16 @@ def test_eval_c_formats_and_progress_none(rgb, tmp_path, monkeypatch):
     assert as_json.exit_code == 0, as_json.output
     doc = json.loads(as_json.output)
     fmt_json = runner.invoke(app, [*base, "-f", "json", "--no-progress"])
-    again = json.loads(fmt_json.output)
+    again = json.loads(fmt_json.stdout)
     assert again["accuracy"] == doc["accuracy"] and again["n_examples"] == 4
     csv = runner.invoke(app, [*base, "-f", "csv", "--progress", "plain"])
     assert csv.exit_code == 0, csv.output
-    lines = csv.output.splitlines()
+    # plain: log lines on stderr (the part being evaluated, images done, time), none on stdout
+    log = csv.stderr.splitlines()
+    assert log[0].startswith("eval-c: gaussian_noise, 0/4 (0.0 %), 0:00:")
+    assert log[-1].startswith("eval-c: done, 4/4 (100.0 %), 0:00:") and len(log) == 2
+    assert as_json.stderr == ""  # --progress none: silent
+    lines = csv.stdout.splitlines()
     assert lines[0].startswith(",gaussian_noise") and lines[2].startswith("resnet20,")
     acc = doc["accuracy"]["gaussian_noise"]["1"] / 100
     assert float(lines[2].split(",")[1]) == pytest.approx(acc)
@@ -321,13 +326,18 @@ def test_progress_rejects_unknown_modes_in_one_line():
     assert proc.stderr.count("\n") == 1 and "auto, rich, plain, none" in proc.stderr
 
 
-@pytest.mark.parametrize("progress", [["--progress", "none"], ["--no-progress"]])
-def test_corrupt_progress_none_and_default_folder(progress, rgb, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("progress", "lines"), [(["--progress", "none"], 0), (["--no-progress"], 2)]
+)
+def test_corrupt_progress_none_and_default_folder(progress, lines, rgb, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = ["-d", "imagefolder", "--data-dir", str(rgb[1])]
     args = ["corrupt", *data, "-n", "4", "-c", "fog", "-s", "1", "--device", "cpu"]
     result = CliRunner().invoke(app, [*args, *progress, "--seed", "3"])
     assert result.exit_code == 0, result.output
+    log = [x for x in result.stderr.splitlines() if x.startswith("corrupt: ")]
+    assert len(log) == lines  # --no-progress is plain: "corrupt: fog, ..." and "corrupt: done"
+    assert all(x.startswith(("corrupt: fog, 0/1 ", "corrupt: done, 1/1 ")) for x in log)
     folder = tmp_path / "runs" / "corrupt-imagefolder-s3"
     assert sorted(p.name for p in folder.iterdir()) == ["fog.npy", "generation.json", "labels.npy"]
     clash = CliRunner().invoke(app, [*args, "a", "-o", "b"])

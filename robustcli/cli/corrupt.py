@@ -41,7 +41,7 @@ def corrupt_command(
         "The folder (or give it as the argument); default: runs/corrupt-<dataset>-s<seed>."
     ),
     force: bool = opt.force_option("Writes into a non-empty folder."),
-    progress: str = opt.progress_option("corrupt has no line mode yet: plain shows no bar."),
+    progress: str = opt.progress_option("plain: a line per corruption, with the time left."),
     no_progress: bool = opt.no_progress_option(),
 ) -> None:
     """Write a CIFAR-10-C style folder from the clean test images (the make_cifar_c.py recipe).
@@ -86,7 +86,7 @@ def corrupt_command(
         names,
         sevs,
         seed,
-        opt.progress_mode(progress, no_progress) == "rich",
+        opt.progress_mode(progress, no_progress),
         force=force,
         device=dev,
     )

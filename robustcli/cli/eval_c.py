@@ -79,7 +79,7 @@ def eval_c_command(
         "json: the result document; csv: RobustBench's unaggregated CSV (what --out writes)."
     ),
     as_json: bool = opt.json_option(),
-    progress: str = opt.progress_option("eval-c has no line mode yet: plain shows no bar."),
+    progress: str = opt.progress_option("plain: a line per corruption, with the time left."),
     no_progress: bool = opt.no_progress_option(),
     fold: bool = typer.Option(
         True, "--fold/--no-fold", help="Fold push-pull and BatchNorm layers (exactly equal)."
@@ -131,7 +131,7 @@ def eval_c_command(
         untrained=untrained,
         dataset=dataset,
         fold=fold,
-        progress=opt.progress_mode(progress, no_progress) == "rich",
+        progress=opt.progress_mode(progress, no_progress),
         per_image=per_image,
     )
     if int(os.environ.get("RANK", "0")) != 0:

@@ -28,7 +28,7 @@ import torch
 from robustcli.corruptions import blur, digital, noise, weather
 from robustcli.errors import DataError, OutputExistsError, RobustError
 from robustcli.io import atomic_write, atomic_write_json, locked_output
-from robustcli.progress import progress_bar
+from robustcli.progress import work_progress
 
 Tensor = torch.Tensor
 
@@ -301,7 +301,7 @@ def generate_dataset(
     corruptions: Iterable[str] = tuple(CORRUPTIONS),
     severities: Iterable[int] = SEVERITIES,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | str = True,
     *,
     force: bool = False,
     batch_size: int = 1000,
@@ -320,7 +320,8 @@ def generate_dataset(
         seed: batches of ``batch_size`` images get their own generator seeded from (seed,
             corruption, severity, batch index), so a subset of corruptions gives the same
             files as a full run; the output depends on ``batch_size``.
-        progress: show a Rich progress bar.
+        progress: ``True`` / ``"rich"`` a Rich progress bar, ``"plain"`` a line per
+            corruption (logs), ``False`` / ``"none"`` nothing.
         force: overwrite into a non-empty folder (files of this run are replaced).
         batch_size: images per batch.
         device: where to compute ("cpu", "cuda", ...).
@@ -368,7 +369,7 @@ def generate_dataset(
     workers = _default_workers(dev) if workers is None else max(1, int(workers))
     n_batches = -(-n // batch_size)
 
-    bar = progress_bar("{task.description:<24}", enabled=progress)
+    bar = work_progress(progress, "corrupt", "{task.description:<24}")
     header = {"descr": "|u1", "fortran_order": False, "shape": (len(sevs) * n, h, w, 3)}
     with bar:
         task = bar.add_task("corrupting", total=len(names) * len(sevs) * n_batches)

@@ -33,7 +33,7 @@ from robustcli.errors import RobustError
 from robustcli.evaluate.metrics import Tally
 from robustcli.evaluate.sources import GeneratedSource, OfficialSource, WorkItem, clean_items
 from robustcli.layers.fold import prepare_for_inference
-from robustcli.progress import progress_bar
+from robustcli.progress import work_progress
 from robustcli.runtime import SINGLE, DistInfo, all_reduce_sum, autocast
 
 Batch = tuple[torch.Tensor, ...]
@@ -217,7 +217,7 @@ def evaluate_corruptions(
     fold: bool = True,
     adapter: Callable[[torch.Tensor], torch.Tensor] | None = None,
     info: DistInfo = SINGLE,
-    progress: bool = False,
+    progress: bool | str = False,
     workers: int | None = None,
     per_image: bool = False,
 ) -> Tally:
@@ -228,7 +228,8 @@ def evaluate_corruptions(
     checkpoint's ``input``). In a ``torchrun`` job (``info``) each rank evaluates every
     world-size-th chunk and the counts are summed over ranks; every rank returns the totals.
     ``per_image``: also record which images were classified correctly (``Tally.hits``,
-    ``Tally.clean_hits``), for paired comparisons over the same images.
+    ``Tally.clean_hits``), for paired comparisons over the same images. ``progress``: ``rich``
+    / ``True`` a bar, ``plain`` a line per corruption (logs), ``none`` / ``False`` nothing.
     """
     dev = torch.device(device)
     corruptions, severities = tuple(corruptions), tuple(severities)
@@ -260,7 +261,7 @@ def evaluate_corruptions(
     )
     amp = "bf16" if precision == CHECKED else precision
     n_workers = _workers(dev, workers, len(mine))
-    bar = _progress_bar(progress and info.is_main)
+    bar = _progress_bar(progress if info.is_main else "none")
     with bar:
         task = bar.add_task("eval-c", total=sum(it.size for it in mine))
         if n_workers == 1:
@@ -374,9 +375,9 @@ def _workers(device: torch.device, workers: int | None, n_items: int) -> int:
     return max(1, min(n, n_items))
 
 
-def _progress_bar(enabled: bool) -> Any:
+def _progress_bar(mode: bool | str) -> Any:
     from rich.console import Console
 
-    return progress_bar(
-        "{task.description:<18}", console=Console(stderr=True), enabled=enabled, transient=True
+    return work_progress(
+        mode, "eval-c", "{task.description:<18}", console=Console(stderr=True), transient=True
     )

@@ -58,7 +58,7 @@ def run_eval_c(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     channels_last: bool | None = None,
     fold: bool = True,
-    progress: bool = False,
+    progress: bool | str = False,
     untrained: bool = False,
     dataset: str | None = None,
     per_image: bool = False,
@@ -73,6 +73,8 @@ def run_eval_c(
     the one of a ``package.module:factory`` model, ``untrained`` allows a bare registry name.
     ``per_image``: the document also records which images were right (``per_image``; see
     ``robustcli.evaluate.paired`` for paired comparisons of two models on the same images).
+    ``progress``: ``rich`` (or ``True``) a bar, ``plain`` a line per corruption, ``none`` (or
+    ``False``) nothing.
 
     Numbers and selections are checked first (``RobustError``, before any file is read):
     ``n_examples`` and ``batch_size`` >= 1, ``seed`` >= 0, severities in 1..5, known corruption
