@@ -1,0 +1,55 @@
+"""Paper A: is a 10,000-image eval-c the 1,000-image one extended? Per image, on the images
+both evaluated.
+
+The 1,000-image run (``--generate -n 1000``) takes every 10th test image (the JPEG mirror's
+tree is sorted by class: ``robustcli.evaluate.sources.subset_indices``); the 10,000-image run
+reads a folder written by ``robust corrupt`` from all of them. Random corruptions are drawn per
+batch of 1,000 images, so they differ between the two runs for the same image; deterministic
+ones (blur kernels, brightness, contrast, pixelate, JPEG, saturate) and the clean images must
+give exactly the same right/wrong bit per image. Prints, per pair of files, whether clean and
+which corruptions agree image for image, and the 10,000 - 1,000 difference of the mean over 19.
+
+    python repro/check_paper_a_subsets.py docs/data/repro-a10k docs/data/repro-a
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from robustcli.evaluate.paired import per_image_results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("big", type=Path, help="folder of evalc-*-n10000-s*.json")
+    ap.add_argument("small", type=Path, help="folder of the evalc-*-n1000-s*.json")
+    args = ap.parse_args()
+    print("| file | clean per image | corruptions identical per image | mean 19: 10,000 - 1,000 |")
+    print("|---|---|---|---|")
+    for path in sorted(args.big.glob("evalc-*-n10000-s*.json")):
+        other = args.small / path.name.replace("-n10000-", "-n1000-")
+        if not other.exists():
+            continue
+        big_doc, small_doc = (json.loads(p.read_text()) for p in (path, other))
+        big, small = per_image_results(big_doc), per_image_results(small_doc)
+        # every k-th image, as subset_indices picks them from a tree sorted by class
+        idx = np.floor(np.arange(small.n) * (big.n / small.n)).astype(int)
+        names = big_doc["corruptions"]
+        assert names == small_doc["corruptions"], f"{path} and {other}: other corruptions"
+        same = [
+            name
+            for i, name in enumerate(names)
+            if np.array_equal(big.cells[i][:, idx], small.cells[i])
+        ]
+        clean = "identical" if np.array_equal(big.clean[idx], small.clean) else "DIFFERENT"
+        gap = big_doc["mean_all_19"] - small_doc["mean_all_19"]
+        agree = f"{len(same)} of {len(names)}: {', '.join(same)}"
+        print(f"| {path.name} | {clean} | {agree} | {gap:+.2f} |")
+
+
+if __name__ == "__main__":
+    main()
