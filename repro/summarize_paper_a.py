@@ -46,6 +46,7 @@ def load(files: list[Path]) -> dict[str, dict[int, dict]]:
             "mean_all_19": doc["mean_all_19"],
             **{g: v for g, v in (doc.get("groups") or {}).items()},
             **{f"c:{c}": v for c, v in doc["per_corruption"].items()},
+            **{f"sev:{k}": v for k, v in (doc.get("per_severity") or {}).items()},
         }
         # the paper's averages (Table 1): noise over 4 corruptions (with speckle), blur over 5
         # (with Gaussian blur), from the study's `report.derived`, as `robust study` computes them
@@ -125,6 +126,7 @@ def main() -> None:
         lines.append("\n`*`: the 95 % interval excludes 0 (none where only one seed is common).")
         lines += seeds_needed(runs, base)
         lines += image_intervals(runs, base)
+        lines += by_severity(runs, base)
     lines += per_corruption(runs, paper)
     lines += profile_agreement(runs, paper, "pp-resnet20")
     lines += printed_averages(paper)
@@ -133,6 +135,38 @@ def main() -> None:
     args.out.with_suffix(".md").write_text(md)
     print(md)
     _bars(runs, args.out.with_suffix(".png"))
+
+
+def by_severity(runs: dict[str, dict[int, dict]], base: str) -> list[str]:
+    """The paired difference per severity (each the mean over the evaluated corruptions):
+    mean [95 % CI over seeds] and the lowest / highest seed, to show where a gain or a cost
+    sits (push-pull: behind at low severities, ahead at high ones)."""
+    sevs = sorted(
+        {k for seeds in runs.values() for r in seeds.values() for k in r if k[:4] == "sev:"}
+    )
+    if not sevs:
+        return []
+    lines = [
+        "",
+        f"By severity (mean over the corruptions), difference vs {base}: mean [95 % CI "
+        "over seeds] (lowest / highest seed):",
+        "",
+    ]
+    lines += [
+        "| model | " + " | ".join(f"severity {k[4:]}" for k in sevs) + " |",
+        "|---" * (len(sevs) + 1) + "|",
+    ]
+    for model in runs:
+        if model == base:
+            continue
+        cells = []
+        for k in sevs:
+            v = paired(runs, model, base, k)
+            m, _, h = mean_ci(v)
+            ci = f" [{m - h:+.2f}, {m + h:+.2f}]" if math.isfinite(h) else ""
+            cells.append(f"{m:+.2f}{ci} ({min(v):+.2f} / {max(v):+.2f})")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def seeds_needed(runs: dict[str, dict[int, dict]], base: str, target: float = 1.0) -> list[str]:
