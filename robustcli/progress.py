@@ -101,7 +101,13 @@ def _clock(seconds: float) -> str:
 def work_progress(mode: bool | str, name: str, description: str, **bar: Any) -> Any:
     """The display of a long job for a progress mode: ``rich`` / ``True`` a Rich bar (``bar``:
     :func:`progress_bar`'s options), ``plain`` lines (:class:`ProgressLines`), ``none`` /
-    ``False`` nothing (a disabled bar)."""
+    ``False`` nothing (a disabled bar), ``auto`` a bar when stderr is a terminal, else lines."""
+    if mode == "auto":
+        mode = "rich" if sys.stderr.isatty() else "plain"
     if mode == "plain":
         return ProgressLines(name)
+    if mode not in (True, False, "rich", "none"):
+        from robustcli.errors import RobustError
+
+        raise RobustError(f"unknown progress mode {mode!r}: use auto, rich, plain or none")
     return progress_bar(description, enabled=mode in (True, "rich"), **bar)

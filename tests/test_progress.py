@@ -5,6 +5,7 @@ import io
 import pytest
 
 from robustcli import progress
+from robustcli.errors import RobustError
 from robustcli.progress import ProgressLines, work_progress
 
 
@@ -71,3 +72,10 @@ def test_work_progress_picks_the_display_of_each_mode(mode, kind, shown):
         assert isinstance(display, kind)
     else:  # a Rich bar, disabled for none / False
         assert display.disable is (not shown)
+
+
+def test_work_progress_auto_follows_the_terminal_and_unknown_modes_are_refused(monkeypatch):
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False, raising=False)
+    assert isinstance(work_progress("auto", "eval-c", "x"), ProgressLines)
+    with pytest.raises(RobustError, match="unknown progress mode 'bars'"):
+        work_progress("bars", "eval-c", "x")
