@@ -429,8 +429,10 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _run(args, env=None):
+    """eval-c's exit code and, on success, its stdout (the result; progress lines go to
+    stderr), else everything it printed (the error)."""
     result = CliRunner().invoke(app, ["eval-c", *args], env=env)
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
 
 
 def test_cli_eval_c_end_to_end(workspace, tmp_path, monkeypatch):
