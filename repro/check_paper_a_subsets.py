@@ -19,8 +19,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from robustcli.evaluate.paired import per_image_results
+from robustcli.evaluate.sources import subset_indices
 
 
 def main() -> None:
@@ -36,8 +38,8 @@ def main() -> None:
             continue
         big_doc, small_doc = (json.loads(p.read_text()) for p in (path, other))
         big, small = per_image_results(big_doc), per_image_results(small_doc)
-        # every k-th image, as subset_indices picks them from a tree sorted by class
-        idx = np.floor(np.arange(small.n) * (big.n / small.n)).astype(int)
+        # the images the small run took: the tree is sorted by class (any sorted labels will do)
+        idx = subset_indices(torch.zeros(big.n, dtype=torch.long), small.n)[0].numpy()
         names = big_doc["corruptions"]
         assert names == small_doc["corruptions"], f"{path} and {other}: other corruptions"
         same = [

@@ -159,8 +159,8 @@ def by_severity(runs: dict[str, dict[int, dict]], base: str) -> list[str]:
         "|---" * (len(sevs) + 1) + "|",
     ]
     for model in runs:
-        if model == base:
-            continue
+        if model == base or not paired(runs, model, base, sevs[0]):
+            continue  # the baseline itself, or no seed in common with it
         cells = []
         for k in sevs:
             v = paired(runs, model, base, k)

@@ -98,16 +98,26 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def work_progress(mode: bool | str, name: str, description: str, **bar: Any) -> Any:
-    """The display of a long job for a progress mode: ``rich`` / ``True`` a Rich bar (``bar``:
-    :func:`progress_bar`'s options), ``plain`` lines (:class:`ProgressLines`), ``none`` /
-    ``False`` nothing (a disabled bar), ``auto`` a bar when stderr is a terminal, else lines."""
+def resolve_mode(mode: bool | str) -> str:
+    """``rich``, ``plain`` or ``none`` for a progress mode: ``auto`` is a bar when stderr is a
+    terminal (where the bars go), lines otherwise; ``True`` / ``False`` are ``rich`` / ``none``.
+    Anything else is refused in one line."""
+    if mode is True or mode is False:
+        return "rich" if mode else "none"
     if mode == "auto":
-        mode = "rich" if sys.stderr.isatty() else "plain"
+        return "rich" if sys.stderr.isatty() else "plain"
+    if mode in ("rich", "plain", "none"):
+        return str(mode)
+    from robustcli.errors import RobustError
+
+    raise RobustError(f"unknown progress mode {mode!r}: use auto, rich, plain or none")
+
+
+def work_progress(mode: bool | str, name: str, description: str, **bar: Any) -> Any:
+    """The display of a long job for a progress mode (:func:`resolve_mode`): a Rich bar
+    (``bar``: :func:`progress_bar`'s options), lines (:class:`ProgressLines`) or nothing (a
+    disabled bar)."""
+    mode = resolve_mode(mode)
     if mode == "plain":
         return ProgressLines(name)
-    if mode not in (True, False, "rich", "none"):
-        from robustcli.errors import RobustError
-
-        raise RobustError(f"unknown progress mode {mode!r}: use auto, rich, plain or none")
-    return progress_bar(description, enabled=mode in (True, "rich"), **bar)
+    return progress_bar(description, enabled=mode == "rich", **bar)

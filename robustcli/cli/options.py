@@ -9,7 +9,6 @@ strings (the same test checks them against the library's registries).
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import typer
@@ -167,9 +166,9 @@ def progress_mode(progress: str, no_progress: bool = False) -> str:
     bars go), lines otherwise; ``--no-progress`` is ``plain`` (no bars)."""
     if no_progress:
         return "plain" if progress in ("auto", "rich") else progress
-    if progress == "auto":
-        return "rich" if sys.stderr.isatty() else "plain"
-    return progress
+    from robustcli.progress import resolve_mode
+
+    return resolve_mode(progress)
 
 
 def output_format(fmt: str, as_json: bool = False, choices: tuple[str, ...] = FORMATS) -> str:

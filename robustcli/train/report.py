@@ -25,7 +25,7 @@ import torch
 
 import robustcli
 from robustcli import runtime
-from robustcli.errors import RobustError
+from robustcli.progress import resolve_mode
 from robustcli.train.recipes import describe_schedule
 
 # ---- progress display --------------------------------------------------------------------------
@@ -149,15 +149,10 @@ class _Rich(Reporter):
 def reporter(progress: bool | str, info: runtime.DistInfo) -> Reporter:
     """The display for ``progress`` (``auto``, ``rich``/``True``, ``plain``, ``none``/``False``);
     silent on every rank but rank 0."""
-    if not info.is_main or progress is False or progress == "none":
+    if not info.is_main:
         return Reporter()
-    if progress == "auto":
-        return _Rich() if sys.stderr.isatty() else _Plain()
-    if progress in (True, "rich"):
-        return _Rich()
-    if progress == "plain":
-        return _Plain()
-    raise RobustError(f"unknown progress mode {progress!r}: use auto, rich, plain or none")
+    mode = resolve_mode(progress)
+    return _Rich() if mode == "rich" else _Plain() if mode == "plain" else Reporter()
 
 
 # ---- log lines ---------------------------------------------------------------------------------
