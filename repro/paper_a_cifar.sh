@@ -11,6 +11,8 @@
 # CIFAR_C_DIR=DIR reads the corrupted images from a folder written once by
 # `robust corrupt DIR --data-dir CIFAR_TREE -c all -s 1-5 --seed 0` instead of generating them
 # again for every run (the same images: --generate and corrupt draw from the same seed).
+# EVAL_DIR=DIR writes the eval-c JSONs (and the summary) there instead of OUT: the published
+# all-10,000-image evaluations live in docs/data/repro-a10k, beside the checkpoints' repro-a.
 set -euo pipefail
 data=${1:?CIFAR_TREE}
 out=${2:-runs/repro-a}
@@ -19,6 +21,8 @@ seeds=${4:-0 1 2}
 n=${5:-10000}
 models=${6:-resnet20 pp-resnet20 pp-gelu-resnet20 ppattn-resnet20 ppattn-gelu-resnet20 mspp-resnet20}
 robust=${ROBUST:-robust}
+evals=${EVAL_DIR:-$out}
+mkdir -p "$evals"
 files=()
 for seed in $seeds; do
   for model in $models; do
@@ -28,7 +32,7 @@ for seed in $seeds; do
       $robust train -m "$model" -d cifar10 --data-dir "$data" -r fast -e "$epochs" --seed "$seed" \
         -o "$run" $resume --progress plain ${PRECISION:+--precision "$PRECISION"}
     fi
-    res="$out/evalc-$model-e$epochs-n$n-s$seed.json"
+    res="$evals/evalc-$model-e$epochs-n$n-s$seed.json"
     files+=("$res")
     images=(--generate)
     if [ -n "${CIFAR_C_DIR:-}" ]; then images=(--cifar-c-dir "$CIFAR_C_DIR"); fi
@@ -36,4 +40,4 @@ for seed in $seeds; do
       --data-label "CIFAR-10 (JPEG mirror)" --seed 0 -o "$res" --no-progress --per-image
   done
 done
-python "$(dirname "$0")/summarize_paper_a.py" "${files[@]}" --out "$out/summary-e$epochs-n$n"
+python "$(dirname "$0")/summarize_paper_a.py" "${files[@]}" --out "$evals/summary-e$epochs-n$n"
