@@ -13,6 +13,7 @@
 # again for every run (the same images: --generate and corrupt draw from the same seed).
 # EVAL_DIR=DIR writes the eval-c JSONs (and the summary) there instead of OUT: the published
 # all-10,000-image evaluations live in docs/data/repro-a10k, beside the checkpoints' repro-a.
+# NO_SUMMARY=1 skips the summary (e.g. when EVAL_DIR is a published data folder).
 set -euo pipefail
 data=${1:?CIFAR_TREE}
 out=${2:-runs/repro-a}
@@ -40,4 +41,4 @@ for seed in $seeds; do
       --data-label "CIFAR-10 (JPEG mirror)" --seed 0 -o "$res" --no-progress --per-image
   done
 done
-python "$(dirname "$0")/summarize_paper_a.py" "${files[@]}" --out "$evals/summary-e$epochs-n$n"
+[ -n "${NO_SUMMARY:-}" ] || python "$(dirname "$0")/summarize_paper_a.py" "${files[@]}" --out "$evals/summary-e$epochs-n$n"
