@@ -9,6 +9,9 @@ the accuracy-loss curves (mean over seeds, TD green, BU red, as paper B's Fig. 6
 
     python repro/summarize_paper_b.py runs/repro-b/attack-s0 runs/repro-b/attack-s1 \
         --out docs/figures/paper_b_mnist
+
+``--attacks salt-pepper`` keeps only the named attacks: for seeds that ran different attack sets
+(their worst cases are over different sets, so they are not pooled).
 """
 
 from __future__ import annotations
@@ -111,8 +114,19 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=Path("paper_b_summary"))
     ap.add_argument("--max-l2", type=float, default=5.0, help="x range of the curves")
+    ap.add_argument(
+        "--attacks",
+        help="comma-separated attacks to report (default: all); use it when the seeds ran "
+        "different attack sets, since a worst case over different sets is not comparable",
+    )
     args = ap.parse_args()
     table = collect(args.dirs)
+    if args.attacks:
+        wanted = args.attacks.split(",")
+        missing = [a for a in wanted if a not in table]
+        if missing:
+            ap.error(f"no results for {', '.join(missing)} in these folders: check --attacks")
+        table = {a: table[a] for a in wanted}
     grid = np.linspace(0.0, args.max_l2, 201)
     fmt = lambda v: "n/a" if not math.isfinite(v) else f"{v:.3f}"  # noqa: E731
     lines = [
