@@ -2,7 +2,8 @@
 
 Each FILE is an eval-c JSON named ``evalc-<model>-...-s<seed>.json`` (as repro/paper_a_cifar.sh
 writes them). Reports mean +- std over seeds per model, and paired differences (same seed)
-against ``resnet20`` (plain) and ``pp-resnet20`` (PP ReLU) with a 95 % t-interval over seeds;
+against plain and PP ReLU (the study's first grid model and its ``report.baseline``: ``resnet20``
+and ``pp-resnet20``; ``--study`` names the DenseNet-40 file) with a 95 % t-interval over seeds;
 an interval that contains 0 means the difference is not distinguishable from seed noise.
 Where both JSONs of a pair hold per-image results (``eval-c --per-image``), each seed's
 difference also gets a 95 % bootstrap interval over the evaluated images (the image-sampling
@@ -28,8 +29,8 @@ from robustcli.plots import save_figure
 
 # Table 1's columns, and the mean over the 15 common corruptions (the usual CIFAR-10-C average)
 METRICS = ("clean_acc", "avg_noise_4", "avg_blur_5", "mean_all_19", "mean_common_15")
-STUDY = Path(__file__).resolve().parent.parent / "studies" / "ranabhat2025-table1-resnet20.yaml"
-BASELINES = ("resnet20", "pp-resnet20")
+STUDIES = Path(__file__).resolve().parent.parent / "studies"
+STUDY = STUDIES / "ranabhat2025-table1-resnet20.yaml"  # --study replaces it
 
 
 def load(files: list[Path]) -> dict[str, dict[int, dict]]:
@@ -70,6 +71,12 @@ def _study() -> dict:
     return read_yaml(STUDY, "study file", "restore it from git")
 
 
+def _baselines() -> tuple[str, str]:
+    """Plain (the study grid's first model) and PP ReLU (its ``report.baseline``)."""
+    study = _study()
+    return study["grid"]["models"][0]["model"], study["report"]["baseline"]
+
+
 def _paper_values() -> dict[str, dict[str, float]]:
     """The published Table 1 numbers (paper A), as the study file records them."""
     return (_study().get("paper") or {}).get("values") or {}
@@ -91,10 +98,19 @@ def mean_ci(v: list[float]) -> tuple[float, float, float]:
 
 
 def main() -> None:
+    global STUDY  # read by _study(); set once, before the first read
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, default=Path("paper_a_summary"))
+    ap.add_argument(
+        "--study",
+        type=Path,
+        default=STUDY,
+        help="the Table 1 study file: its paper values, noise / blur groups and baselines "
+        f"(default {STUDY.name}; {STUDIES.name}/ranabhat2025-table1-densenet40.yaml for DenseNet)",
+    )
     args = ap.parse_args()
+    STUDY = args.study
     runs = load(args.files)
     lines = ["| model | seeds | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
     for model, seeds in runs.items():
@@ -108,7 +124,7 @@ def main() -> None:
         if model in paper:
             cells = [f"{paper[model][k]:.2f}" if k in paper[model] else "-" for k in METRICS]
             lines.append(f"| {model} (paper, Table 1) | - | " + " | ".join(cells) + " |")
-    for base in BASELINES:
+    for base in _baselines():
         if base not in runs:
             continue
         lines += ["", f"Paired difference vs {base} (same seed), mean [95 % CI]:", ""]
@@ -130,7 +146,7 @@ def main() -> None:
         lines += image_intervals(runs, base)
         lines += by_severity(runs, base)
     lines += per_corruption(runs, paper)
-    lines += profile_agreement(runs, paper, "pp-resnet20")
+    lines += profile_agreement(runs, paper, _baselines()[1])
     lines += printed_averages(paper)
     md = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
