@@ -8,6 +8,9 @@
 # eval-c records per-image results (--per-image): summarize_paper_a.py adds intervals over images.
 # PRECISION=fp32 pins the training precision (default: train's `auto`, which is bf16 autocast on
 # CPUs with native bf16): pin it when new seeds are to be paired with runs from another machine.
+# EVAL_PRECISION=fp32 pins eval-c's precision (default `auto`: bf16-checked on CPUs with native
+# bf16 for models without push-pull kernel layers, fp32 for the others): pin it to evaluate every
+# model of a comparison in the same arithmetic.
 # CIFAR_C_DIR=DIR reads the corrupted images from a folder written once by
 # `robust corrupt DIR --data-dir CIFAR_TREE -c all -s 1-5 --seed 0` instead of generating them
 # again for every run (the same images: --generate and corrupt draw from the same seed).
@@ -38,7 +41,8 @@ for seed in $seeds; do
     images=(--generate)
     if [ -n "${CIFAR_C_DIR:-}" ]; then images=(--cifar-c-dir "$CIFAR_C_DIR"); fi
     [ -f "$res" ] || $robust eval-c "$run" "${images[@]}" -c all -s 1-5 -n "$n" --data-dir "$data" \
-      --data-label "CIFAR-10 (JPEG mirror)" --seed 0 -o "$res" --no-progress --per-image
+      --data-label "CIFAR-10 (JPEG mirror)" --seed 0 -o "$res" --no-progress --per-image \
+      ${EVAL_PRECISION:+--precision "$EVAL_PRECISION"}
   done
 done
 [ -n "${NO_SUMMARY:-}" ] || python "$(dirname "$0")/summarize_paper_a.py" "${files[@]}" --out "$evals/summary-e$epochs-n$n"

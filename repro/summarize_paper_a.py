@@ -3,7 +3,7 @@
 Each FILE is an eval-c JSON named ``evalc-<model>-...-s<seed>.json`` (as repro/paper_a_cifar.sh
 writes them). Reports mean +- std over seeds per model, and paired differences (same seed)
 against plain and PP ReLU (the study's first grid model and its ``report.baseline``: ``resnet20``
-and ``pp-resnet20``; ``--study`` names the DenseNet-40 file) with a 95 % t-interval over seeds;
+and ``pp-resnet20``; the DenseNet-40 study for DenseNet-40 files) with a 95 % t-interval over seeds;
 an interval that contains 0 means the difference is not distinguishable from seed noise.
 Where both JSONs of a pair hold per-image results (``eval-c --per-image``), each seed's
 difference also gets a 95 % bootstrap interval over the evaluated images (the image-sampling
@@ -105,12 +105,15 @@ def main() -> None:
     ap.add_argument(
         "--study",
         type=Path,
-        default=STUDY,
         help="the Table 1 study file: its paper values, noise / blur groups and baselines "
-        f"(default {STUDY.name}; {STUDIES.name}/ranabhat2025-table1-densenet40.yaml for DenseNet)",
+        "(default: the DenseNet-40 study when the files are DenseNet-40 runs, else the ResNet-20 "
+        f"one, {STUDY.name})",
     )
     args = ap.parse_args()
-    STUDY = args.study
+    if args.study:
+        STUDY = args.study
+    elif all("densenet40" in f.name for f in args.files):
+        STUDY = STUDIES / "ranabhat2025-table1-densenet40.yaml"
     runs = load(args.files)
     lines = ["| model | seeds | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
     for model, seeds in runs.items():
