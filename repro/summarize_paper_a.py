@@ -110,9 +110,12 @@ def main() -> None:
         f"one, {STUDY.name})",
     )
     args = ap.parse_args()
+    dense = {"densenet40" in f.name for f in args.files}
+    if len(dense) > 1:  # paired differences across backbones would compare unlike models
+        ap.error("the files mix DenseNet-40 and ResNet-20 runs: summarise each backbone on its own")
     if args.study:
         STUDY = args.study
-    elif all("densenet40" in f.name for f in args.files):
+    elif dense == {True}:
         STUDY = STUDIES / "ranabhat2025-table1-densenet40.yaml"
     runs = load(args.files)
     lines = ["| model | seeds | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
