@@ -30,7 +30,7 @@ from robustcli.plots import save_figure
 # Table 1's columns, and the mean over the 15 common corruptions (the usual CIFAR-10-C average)
 METRICS = ("clean_acc", "avg_noise_4", "avg_blur_5", "mean_all_19", "mean_common_15")
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
-STUDY = STUDIES / "ranabhat2025-table1-resnet20.yaml"  # --study replaces it
+STUDY = STUDIES / "ranabhat2025-table1-resnet20.yaml"  # main(): DenseNet-40 files or --study
 
 
 def load(files: list[Path]) -> dict[str, dict[int, dict]]:
