@@ -78,9 +78,12 @@ def test_separable_pull_equals_definition(stride, scale):
 
 
 def test_prefilter_channel_layout():
-    # Output channel c*9 + a*3 + b is X_c filtered by A[:, a] A[:, b]^T.
+    # Output channel c*9 + a*3 + b is X_c filtered by A[:, a] A[:, b]^T, exact in float64 (filters
+    # rounded to float32, as the buffers are, miss by ~1e-5 at this input scale and fail here).
     pf = PullPrefilter(2, 3, 2.0, 1, 1).double()
-    x = torch.randn(1, 2, 10, 10, dtype=torch.float64)
+    x = 100 * torch.randn(
+        1, 2, 10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     a = bilinear_matrix(3, 7)
     z = pf(x)
     for c, ia, ib in [(0, 0, 0), (1, 2, 1), (1, 1, 2)]:

@@ -75,20 +75,26 @@ class PullPrefilter(nn.Module):
         self.size = pull_kernel_size(kernel_size, scale)
         self.stride = stride
         self.padding = self.size // 2 - kernel_size // 2 + padding
-        basis = bilinear_matrix(kernel_size, self.size).to(torch.float32)  # (s, k)
-        # vertical pass: C -> C*k channels, filter A[:, a] as a column
-        vert = basis.t().reshape(kernel_size, 1, self.size, 1).repeat(channels, 1, 1, 1)
-        # horizontal pass: C*k -> C*k*k channels, filter A[:, b] as a row
-        horiz = (
-            basis.t().reshape(kernel_size, 1, 1, self.size).repeat(channels * kernel_size, 1, 1, 1)
-        )
+        vert, horiz = self._filters(torch.float32)
         self.register_buffer("vert", vert, persistent=False)
         self.register_buffer("horiz", horiz, persistent=False)
 
+    def _filters(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vertical (C -> C*k) and horizontal (C*k -> C*k*k) depthwise filters in ``dtype``."""
+        c, k, s = self.channels, self.k, self.size
+        basis = bilinear_matrix(k, s).to(dtype)  # (s, k)
+        vert = basis.t().reshape(k, 1, s, 1).repeat(c, 1, 1, 1)  # filter A[:, a] as a column
+        horiz = basis.t().reshape(k, 1, 1, s).repeat(c * k, 1, 1, 1)  # filter A[:, b] as a row
+        return vert, horiz
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c, k, p, s = self.channels, self.k, self.padding, self.stride
-        y = F.conv2d(x, self.vert.to(x.dtype), stride=(s, 1), padding=(p, 0), groups=c)
-        return F.conv2d(y, self.horiz.to(x.dtype), stride=(1, s), padding=(0, p), groups=c * k)
+        if x.dtype == torch.float64:  # the float32 buffers round coefficients such as 1/3
+            vert, horiz = (f.to(x.device) for f in self._filters(torch.float64))
+        else:
+            vert, horiz = self.vert.to(x.dtype), self.horiz.to(x.dtype)
+        y = F.conv2d(x, vert, stride=(s, 1), padding=(p, 0), groups=c)
+        return F.conv2d(y, horiz, stride=(1, s), padding=(0, p), groups=c * k)
 
 
 def pull_response_direct(
