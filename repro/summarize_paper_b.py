@@ -11,7 +11,8 @@ the accuracy-loss curves (mean over seeds, TD green, BU red, as paper B's Fig. 6
         --out docs/figures/paper_b_mnist
 
 ``--attacks salt-pepper`` keeps only the named attacks: for seeds that ran different attack sets
-(their worst cases are over different sets, so they are not pooled).
+(their worst cases are over different sets, so they are not pooled). Naming ``worst-case`` among
+them recomputes each seed's worst case over exactly the other named attacks.
 """
 
 from __future__ import annotations
@@ -78,16 +79,20 @@ def mean_ci(values: list[float]) -> tuple[float, float, float, float]:
     return m, s, m - h, m + h
 
 
-def seed_outcomes(spec: str) -> list:
+def seed_outcomes(spec: str, only: set[str] | None = None) -> list:
     """The outcomes of one seed: one attack folder, or several joined by commas (the seed's
     attack set split over parallel processes, same models and images). A split seed's per-part
     worst cases are dropped and the worst case over all its attacks recomputed per model, over
-    one attack set for all models (``complete_attacks``), as ``robust attack`` does."""
+    one attack set for all models (``complete_attacks``), as ``robust attack`` does. With
+    ``only`` (attack names), the other attacks are dropped first and the worst case is over
+    ``only``."""
     parts = [Path(p) for p in spec.split(",")]
     outcomes = [o for p in parts for o in read_attack_result(p)[1]]
-    if len(parts) == 1:
+    if len(parts) == 1 and only is None:
         return outcomes
     outcomes = [o for o in outcomes if o.attack != "worst-case" and o.branch == "all"]
+    if only is not None:
+        outcomes = [o for o in outcomes if o.attack in only]
     groups = [
         [o for o in outcomes if o.model == m] for m in dict.fromkeys(o.model for o in outcomes)
     ]
@@ -95,11 +100,11 @@ def seed_outcomes(spec: str) -> list:
     return [o for g in groups for o in g + [worst_case(g, include=common)]]
 
 
-def collect(dirs: list[str]) -> dict[str, dict[str, list]]:
+def collect(dirs: list[str], only: set[str] | None = None) -> dict[str, dict[str, list]]:
     """attack -> {"td": [outcome per seed], "bu": [...]} (paired by folder)."""
     table: dict[str, dict[str, list]] = {}
     for d in dirs:
-        for o in seed_outcomes(d):
+        for o in seed_outcomes(d, only):
             if o.branch != "all":
                 continue
             side = "td" if o.topdown else "bu"
@@ -117,12 +122,17 @@ def main() -> None:
     ap.add_argument(
         "--attacks",
         help="comma-separated attacks to report (default: all); use it when the seeds ran "
-        "different attack sets, since a worst case over different sets is not comparable",
+        "different attack sets, since a worst case over different sets is not comparable; "
+        "naming worst-case recomputes it over the other named attacks",
     )
     args = ap.parse_args()
-    table = collect(args.dirs)
-    if args.attacks:
-        wanted = args.attacks.split(",")
+    wanted = args.attacks.split(",") if args.attacks else None
+    # a worst case asked for by name is recomputed over the other named attacks only
+    only = set(wanted) - {"worst-case"} if wanted and "worst-case" in wanted else None
+    if only == set():
+        ap.error("--attacks worst-case needs the attacks it is over: e.g. blur,contrast,worst-case")
+    table = collect(args.dirs, only)
+    if wanted:
         missing = [a for a in wanted if a not in table]
         if missing:
             ap.error(f"no results for {', '.join(missing)} in these folders: check --attacks")
