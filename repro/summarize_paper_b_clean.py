@@ -11,19 +11,23 @@ paired difference against ``--reference`` (same seeds) with a 95 % t-interval ov
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 from summarize_paper_b import mean_ci
 
+from robustcli.errors import DataError
+from robustcli.results import document_metrics, load_result
+
 
 def test_accuracy(run: Path) -> float:
-    """Test accuracy (%) of one finished run folder."""
-    result = run / "result.json"
-    if not result.is_file():
-        raise SystemExit(f"error: {result} is missing: train that run first (or drop its seed)")
-    return 100.0 * float(json.loads(result.read_text())["metrics"]["test_acc"])
+    """Test accuracy (%) of one finished run folder (its ``result.json``, read as
+    ``robust compare`` reads it)."""
+    try:
+        (metrics,) = document_metrics(load_result(run)).values()
+    except DataError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return metrics["train:test_acc"]
 
 
 def fmt(v: float, sign: str = "") -> str:
