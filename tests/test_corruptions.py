@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -451,6 +452,20 @@ def test_jpeg_is_real_jpeg(x, severity):
         expected = np.asarray(Image.open(buf).convert("RGB"))
         assert np.array_equal(out[i].permute(1, 2, 0).numpy(), expected)
     assert np.array_equal(digital._jpeg_pil(arr, quality), out.permute(0, 2, 3, 1).numpy())
+
+
+def test_jpeg_in_worker_threads_does_not_warn():
+    """eval-c corrupts in worker threads: torchvision 0.29's codec deprecation stays silenced
+    there too (a catch_warnings per call restored the global filters under the other thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    imgs = _random_images(8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            outs = list(pool.map(lambda _: corrupt(imgs, "jpeg_compression", 3), range(200)))
+    assert all(torch.equal(o, outs[0]) for o in outs)
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning)]
 
 
 def test_glass_copies_like_the_recipe():

@@ -65,6 +65,9 @@ def pixelate(x: Tensor, c: float) -> Tensor:
     return _ops.pil_resize_box(small, h, w)
 
 
+_TV_CODEC_DEPRECATED = "The image decoding and encoding capabilities of TorchVision are deprecated"
+
+
 @functools.lru_cache(maxsize=1)
 def _torchvision_jpeg():  # noqa: ANN202
     """torchvision's libjpeg-turbo codec, or None when torchvision cannot be imported."""
@@ -99,9 +102,11 @@ def jpeg_compression(x: Tensor, c: int) -> Tensor:
     codec = _torchvision_jpeg()
     if codec is not None:
         encode, decode = codec
-        with warnings.catch_warnings():  # torchvision 0.29 deprecates its image codecs
-            warnings.simplefilter("ignore", DeprecationWarning)
-            out = torch.stack(decode(encode(list(cpu), quality=c)))
+        # torchvision 0.29 deprecates its image codecs (they still work; without them this falls
+        # back to Pillow). A targeted filter, not catch_warnings: that one restores the global
+        # filter list on exit and so races with the evaluation loop's worker threads.
+        warnings.filterwarnings("ignore", message=_TV_CODEC_DEPRECATED, category=DeprecationWarning)
+        out = torch.stack(decode(encode(list(cpu), quality=c)))
     else:
         arr = _jpeg_pil(cpu.permute(0, 2, 3, 1).contiguous().numpy(), c)
         out = torch.from_numpy(arr).permute(0, 3, 1, 2)
