@@ -68,6 +68,18 @@ def pixelate(x: Tensor, c: float) -> Tensor:
 _TV_CODEC_DEPRECATED = "The image decoding and encoding capabilities of TorchVision are deprecated"
 
 
+def _silence_codec_deprecation() -> None:
+    """Ignore torchvision 0.29's deprecation of its image codecs (they still work; without them
+    ``jpeg_compression`` falls back to Pillow). A targeted filter, not ``catch_warnings``: that
+    restores the global filter list on exit and so races with eval-c's worker threads. Added only
+    when missing (pytest resets filters per test): each insertion resets every module's
+    warning registry, re-showing "once" warnings, so it is not repeated per batch."""
+    for action, message, *_ in warnings.filters:
+        if action == "ignore" and message is not None and message.pattern == _TV_CODEC_DEPRECATED:
+            return
+    warnings.filterwarnings("ignore", message=_TV_CODEC_DEPRECATED, category=DeprecationWarning)
+
+
 @functools.lru_cache(maxsize=1)
 def _torchvision_jpeg():  # noqa: ANN202
     """torchvision's libjpeg-turbo codec, or None when torchvision cannot be imported."""
@@ -102,10 +114,7 @@ def jpeg_compression(x: Tensor, c: int) -> Tensor:
     codec = _torchvision_jpeg()
     if codec is not None:
         encode, decode = codec
-        # torchvision 0.29 deprecates its image codecs (they still work; without them this falls
-        # back to Pillow). A targeted filter, not catch_warnings: that one restores the global
-        # filter list on exit and so races with the evaluation loop's worker threads.
-        warnings.filterwarnings("ignore", message=_TV_CODEC_DEPRECATED, category=DeprecationWarning)
+        _silence_codec_deprecation()
         out = torch.stack(decode(encode(list(cpu), quality=c)))
     else:
         arr = _jpeg_pil(cpu.permute(0, 2, 3, 1).contiguous().numpy(), c)
