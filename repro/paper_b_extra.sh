@@ -12,6 +12,9 @@
 #   arrange  TD_uni and TD_rev LeNetFC, 3 epochs, seeds 0-2 (TD_rev: $REV_SEEDS, default 0: it
 #            costs 10x TD's multiply-adds), Gaussian/uniform noise vs BU on 200 images.
 #   six      Fig. 6's other six attacks on 1,000 images, 12-epoch models, seed 0.
+#   nin      NIN-light on MNIST (paper B's Fig. 5 setting): BU and TD, 4 epochs, seeds 0-2, fp32;
+#            Fig. 6's six non-sparse attacks on 150 images per seed, salt-and-pepper on 100, and
+#            the Fig. 5 branch test (Gaussian, uniform, blur) on 100 images of seed 0.
 # Needs the 3- and 12-epoch BU/TD runs of repro/paper_b_mnist_train.sh in RUNS.
 set -euo pipefail
 mnist=${1:?MNIST_DATA (holding MNIST/raw)}
@@ -66,6 +69,16 @@ for step in "$@"; do
     six)
       NO_SUMMARY=1 ROBUST=$robust "$here/paper_b_mnist_attack.sh" "$mnist" "$runs" 12 0 \
         salt-pepper,pointwise,blur,contrast,blended,spatial 1000 ;;
+    nin)
+      PRECISION=fp32 ROBUST=$robust "$here/paper_b_mnist_train.sh" "$mnist" "$runs" 4 "0 1 2" \
+        "bu-nin-light td-nin-light"
+      NO_SUMMARY=1 ROBUST=$robust "$here/paper_b_mnist_attack.sh" "$mnist" "$runs" 4 "0 1 2" \
+        gaussian,uniform,blur,contrast,blended,spatial 150 td-nin-light
+      NO_SUMMARY=1 ROBUST=$robust "$here/paper_b_mnist_attack.sh" "$mnist" "$runs" 4 "0 1 2" \
+        salt-pepper 100 td-nin-light
+      attack "$runs/branch-td-nin-light-e4-n100-s0" -c "$runs/td-nin-light-mnist-e4-s0" \
+        --branch all,high,mid,low -d mnist --data-dir "$mnist" -n 100 -a gaussian,uniform,blur \
+        --seed 0 ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

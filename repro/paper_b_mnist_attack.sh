@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Paper B, Exp. 2 on MNIST: attack each seed's TD LeNetFC with its BU twin beside it (same images,
-# paper B's protocol: repeats, per-sample minimum L2), then summarise over seeds. Usage:
+# Paper B, Exp. 2 on MNIST: attack each seed's TD net with its BU twin beside it (same images,
+# paper B's protocol: repeats, per-sample minimum L2), then summarise over seeds. The BU twin is
+# TD_MODEL's backbone (td-nin-light, td-uni-lenetfc -> bu-nin-light, bu-lenetfc). Usage:
 #   repro/paper_b_mnist_attack.sh DATA_DIR RUNS EPOCHS "SEEDS" ATTACKS N [TD_MODEL]
 #   repro/paper_b_mnist_attack.sh ../shared/data runs/repro-b 12 "0 1 2" \
 #       gaussian,uniform,gaussian-fb2,uniform-fb2 500
@@ -12,6 +13,8 @@ seeds=${4:-0 1 2}
 attacks=${5:-paper-b}
 n=${6:-1000}
 td=${7:-td-lenetfc}
+backbone=${td#td-}; backbone=${backbone#uni-}; backbone=${backbone#rev-}
+bu=bu-$backbone
 robust=${ROBUST:-robust}
 tag=$(echo "$attacks" | tr ',' '+')
 dirs=()
@@ -19,7 +22,7 @@ for seed in $seeds; do
   out="$runs/attack-$td-e$epochs-n$n-$tag-s$seed"
   dirs+=("$out")
   if [ -f "$out/attack.json" ]; then echo "done: $out"; continue; fi
-  $robust attack -c "$runs/$td-mnist-e$epochs-s$seed" --vs "$runs/bu-lenetfc-mnist-e$epochs-s$seed" \
+  $robust attack -c "$runs/$td-mnist-e$epochs-s$seed" --vs "$runs/$bu-mnist-e$epochs-s$seed" \
     -d mnist --data-dir "$data" -n "$n" -a "$attacks" --repeats 3 --seed "$seed" -o "$out" \
     --no-progress
 done
