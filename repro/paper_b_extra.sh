@@ -15,7 +15,8 @@
 #   nin      NIN-light on MNIST (paper B's Fig. 5 setting): BU and TD, 4 epochs, seeds 0-2, fp32;
 #            Fig. 6's six non-sparse attacks on 150 images per seed, salt-and-pepper on 100, and
 #            the Fig. 5 branch test (Gaussian, uniform, blur) on 100 images of seed 0.
-# Needs the 3- and 12-epoch BU/TD runs of repro/paper_b_mnist_train.sh in RUNS.
+# Steps raw to six need the 3- and 12-epoch BU/TD runs of repro/paper_b_mnist_train.sh in RUNS;
+# nin trains its own.
 set -euo pipefail
 mnist=${1:?MNIST_DATA (holding MNIST/raw)}
 cifar=${2:?CIFAR_TREE}
