@@ -320,7 +320,8 @@ def render_comparison(cmp: Comparison, fmt: str = "table", console: Any = None) 
         title += " - ACROSS MISMATCHED INPUTS"
     if fmt == "table":
         title = _escape(title)  # a model or file name such as "run[1]" is not Rich markup
-    text = render(comparison_frame(cmp, style), fmt, title=title, console=console)
+    frame = comparison_frame(cmp, style)
+    text = render(frame, fmt, title=title, console=console, markup=fmt == "table")
     if note and fmt == "markdown" and text is not None:
         # CSV / JSON stay machine-readable: the CLI prints the warning on stderr for them
         text = f"> **{note}**\n\n{text}"

@@ -10,6 +10,7 @@ from typing import Any
 def progress_bar(
     description: str = "{task.description}",
     *,
+    description_style: str = "",
     stats_field: str | None = None,
     remaining: bool = True,
     remaining_label: str | None = None,
@@ -19,7 +20,9 @@ def progress_bar(
 ) -> Any:
     """A ``rich.progress.Progress``: description, bar, done/total, elapsed and (optionally)
     remaining time. ``stats_field`` adds a column showing that task field (e.g. loss and
-    accuracy); ``remaining_label`` is printed before the remaining time."""
+    accuracy); ``remaining_label`` is printed before the remaining time. Descriptions and stats
+    print as they are (a task named after ``run[1]`` is text, not Rich markup), in
+    ``description_style``."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -29,9 +32,13 @@ def progress_bar(
         TimeRemainingColumn,
     )
 
-    columns: list[Any] = [TextColumn(description), BarColumn(), MofNCompleteColumn()]
+    columns: list[Any] = [
+        TextColumn(description, style=description_style, markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+    ]
     if stats_field is not None:
-        columns.append(TextColumn(f"{{task.fields[{stats_field}]}}"))
+        columns.append(TextColumn(f"{{task.fields[{stats_field}]}}", markup=False))
     columns.append(TimeElapsedColumn())
     if remaining:
         if remaining_label is not None:

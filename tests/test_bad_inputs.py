@@ -60,7 +60,11 @@ CASES: list[tuple[str, list[str], str]] = [
         r"old\.json",
     ),
     # attack (helper H3)
-    ("attack-model", ["attack", "-m", "nosuch", "--untrained", "-n", "5"], r"nosuch"),
+    (
+        "attack-model",
+        ["attack", "-m", "nosuch", "--untrained", "-n", "5"],
+        r"nosuch.*package\.module:factory:",  # the reference form, not a Rich emoji code
+    ),
     ("attack-missing-ckpt", ["attack", "-c", "nosuch.safetensors", "-n", "5"], r"nosuch"),
     ("attack-corrupt-ckpt", ["attack", "-c", "garbage.safetensors", "-n", "5"], r"garbage"),
     ("attack-n-0", ["attack", "-c", "run", "-n", "0", "-a", "contrast"], r"-n|exampl"),

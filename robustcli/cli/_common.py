@@ -10,13 +10,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from robustcli.errors import RobustError
+from robustcli.render import make_console
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,7 +51,10 @@ def guarded(func: F) -> F:
             return func(*args, **kwargs)
         except RobustError as exc:
             err_console.print(
-                f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+                f"[bold red]error:[/] {escape(str(exc))}",
+                highlight=False,
+                soft_wrap=True,
+                markup=True,
             )
             raise typer.Exit(code=2) from None
         except OSError as exc:
@@ -59,11 +62,11 @@ def guarded(func: F) -> F:
             if line is None:
                 raise
             err_console.print(
-                f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True
+                f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True, markup=True
             )
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
+            err_console.print("[yellow]interrupted[/]", markup=True)
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -111,7 +114,9 @@ def exit_with_gate_report(report: Any) -> None:
     from rich.markup import escape
 
     for line in report.lines():
-        err_console.print(f"[bold red]gate:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]gate:[/] {escape(line)}", highlight=False, soft_wrap=True, markup=True
+        )
     if report.passed:
         err_console.print(
             f"gates passed: {len(report.rules)} rules, {report.checked} checks", highlight=False

@@ -235,9 +235,10 @@ def attack_command(
     for m in models:
         if m.untrained:
             err_console.print(
-                f"[bold yellow]warning:[/] attacking {m.name} with random weights (--untrained): "
-                "the numbers say nothing about the architecture's robustness",
+                f"[bold yellow]warning:[/] attacking {escape(m.name)} with random weights "
+                "(--untrained): the numbers say nothing about the architecture's robustness",
                 highlight=False,
+                markup=True,
             )
     if n_examples is None and (dataset is not None or data_dir is not None):
         n_examples = DEFAULT_EXAMPLES
@@ -245,7 +246,9 @@ def attack_command(
         first, dataset=dataset, data_dir=data_dir, n_examples=n_examples, seed=seed
     )
     if data.provenance.get("note"):
-        err_console.print(f"[yellow]note:[/] {escape(data.provenance['note'])}", highlight=False)
+        err_console.print(
+            f"[yellow]note:[/] {escape(data.provenance['note'])}", highlight=False, markup=True
+        )
     err_console.print(
         f"attacking {', '.join(m.label for m in models)} on {data.provenance['n_examples']} "
         f"images ({data.provenance['source']}) with {', '.join(names)}; device {dev}",
@@ -256,7 +259,7 @@ def attack_command(
 
     def finished(o: AttackOutcome) -> None:
         if mode == "plain":  # no bars: say something after each attack run, not nothing for hours
-            err_console.print(escape(_finished_line(o)), highlight=False, soft_wrap=True)
+            err_console.print(_finished_line(o), highlight=False, soft_wrap=True)
 
     bars = _RichProgress(show_bars)
     with bars.progress:
@@ -441,4 +444,4 @@ def _render(run: AttackRun, title: str) -> None:
     notes = {n for o in run.outcomes for n in o.notes}
     notes |= set(run.document["config"].get("notes", []))
     for note in sorted(notes):
-        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, markup=True)

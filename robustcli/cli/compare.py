@@ -106,7 +106,7 @@ def compare_command(
     cmp = compare(results, baseline=baseline, allow_mismatch=allow_mismatch, paired=paired)
     if cmp.mismatch_note:
         note = escape(cmp.mismatch_note)  # paths and names are not Rich markup
-        err_console.print(f"[bold yellow]{note}[/]", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold yellow]{note}[/]", highlight=False, soft_wrap=True, markup=True)
     report = evaluate_gates(cmp.values, rules, baseline=cmp.baseline) if rules else None
     # the figure before any output: "no percent metrics to plot" must not follow a printed table
     fig = plot_comparison(cmp) if plot is not None else None

@@ -78,7 +78,7 @@ def corrupt_command(
     images, labels, subset = load_clean(dataset, data_dir, n_examples, "the images to corrupt")
     note = clamp_note(n_examples, int(images.shape[0]), "test images")
     if note is not None:
-        err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
     path = generate_dataset(
         images,
         labels.numpy(),

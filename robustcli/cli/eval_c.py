@@ -168,7 +168,7 @@ def _report(doc: dict, fmt: str, out: Path | None, force: bool, n_examples: int 
 
     note = clamp_note(n_examples, doc["n_examples"], "images per severity")
     if note is not None:
-        err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
     if out is not None:
         paths = write_eval_c(doc, out, force)
         err_console.print(f"wrote {paths['json']} and {paths['csv']}", highlight=False)

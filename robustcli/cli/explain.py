@@ -188,6 +188,7 @@ def explain_command(
                 "[bold yellow]WARNING: --untrained: model names are built with RANDOM weights; "
                 "their heatmaps show nothing the model learned.[/]",
                 highlight=False,
+                markup=True,
                 soft_wrap=True,
             )
         for em in loaded:
@@ -225,7 +226,9 @@ def explain_command(
     # warnings (an --untrained model's random weights among them) come after the work, so that a
     # bad input fails with its one error line alone
     for w in report.warnings:
-        err_console.print(f"[bold yellow]WARNING: {escape(w)}[/]", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold yellow]WARNING: {escape(w)}[/]", highlight=False, soft_wrap=True, markup=True
+        )
     if fmt == "json":
         typer.echo(json.dumps(ex.jsonable(report.document), indent=2))
         return
@@ -241,4 +244,5 @@ def explain_command(
             typer.echo(text, nl=False)
     if fmt == "table":
         for key, path in report.files.items():
-            console.print(f"[green]wrote[/] {path}  [dim]({key})[/]", highlight=False)
+            line = f"[green]wrote[/] {escape(str(path))}  [dim]({key})[/]"
+            console.print(line, highlight=False, markup=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from robustcli.cli import options as opt
 from robustcli.cli._common import (
@@ -138,7 +137,7 @@ def study_command(
 
         def log(line: str) -> None:
             if mode == "plain":  # with the bar, the line is printed above it
-                err_console.print(escape(line), highlight=False, soft_wrap=True)
+                err_console.print(line, highlight=False, soft_wrap=True)
 
         result = run_study(
             plan,

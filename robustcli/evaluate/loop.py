@@ -376,8 +376,8 @@ def _workers(device: torch.device, workers: int | None, n_items: int) -> int:
 
 
 def _progress_bar(mode: bool | str) -> Any:
-    from rich.console import Console
+    from robustcli.render import make_console
 
     return work_progress(
-        mode, "eval-c", "{task.description:<18}", console=Console(stderr=True), transient=True
+        mode, "eval-c", "{task.description:<18}", console=make_console(stderr=True), transient=True
     )

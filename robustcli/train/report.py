@@ -104,13 +104,13 @@ class _Rich(Reporter):
     """A Rich progress bar over the whole run (epoch, loss, accuracy, images/s, ETA)."""
 
     def __init__(self) -> None:
-        from rich.console import Console
-
         from robustcli.progress import progress_bar
+        from robustcli.render import make_console
 
-        self.console = Console(stderr=True)
+        self.console = make_console(stderr=True)
         self.progress = progress_bar(
-            "[bold]{task.description}",
+            "{task.description}",
+            description_style="bold",
             stats_field="stats",
             remaining_label="eta",
             console=self.console,

@@ -1,0 +1,72 @@
+"""Terminal output prints user text as it is: model labels, paths and module references are
+neither Rich markup nor emoji codes (``td-lenetfc [high]`` lost its ``[high]``, a cell
+``acc[/]`` raised MarkupError, ``package.module:factory:`` became a factory emoji)."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+from rich.console import Console
+
+from robustcli.progress import progress_bar
+from robustcli.render import make_console, render, to_rich_table
+
+LITERAL = ["td-lenetfc (untrained) [high]", "acc[/]", "x[bold]y", "pkg.mod:factory:"]
+
+
+def _printed(renderable, markup_console: bool = True) -> str:
+    # a console with Rich's defaults (markup and emoji on): the table itself must be literal
+    buf = io.StringIO()
+    Console(file=buf, width=200, emoji=markup_console, markup=markup_console).print(renderable)
+    return buf.getvalue()
+
+
+def test_table_cells_headers_and_title_print_literally():
+    df = pd.DataFrame({"model [x]": LITERAL, "v": [1.0, 2.0, 3.0, 4.0]})
+    out = _printed(to_rich_table(df, title="robust attack: run[1] :fire:"))
+    for text in [*LITERAL, "model [x]", "run[1] :fire:"]:
+        assert text in out, text
+    assert "1.00" in out and "4.00" in out
+
+
+def test_table_markup_when_asked_and_render_default_console(capsys):
+    # robust compare marks the best value with markup; its names are escaped by the caller
+    df = pd.DataFrame({"metric": ["clean"], "a": ["[bold]91.20[/]"]})
+    out = _printed(to_rich_table(df, markup=True))
+    assert "91.20" in out and "[bold]" not in out
+    render(pd.DataFrame({"model": LITERAL}), "table", title="t[1]")
+    printed = capsys.readouterr().out
+    assert all(text in printed for text in LITERAL) and "t[1]" in printed
+
+
+def test_make_console_prints_text_as_it_is():
+    buf = io.StringIO()
+    console = make_console()
+    console.file = buf
+    console.print("nor package.module:factory: run[/]x", highlight=False)
+    console.print("[bold]styled[/] run[1]", markup=True)
+    assert buf.getvalue().splitlines() == ["nor package.module:factory: run[/]x", "styled run[1]"]
+
+
+def test_progress_descriptions_and_stats_print_literally():
+    bar = progress_bar(stats_field="stats", console=Console(file=io.StringIO()))
+    bar.add_task("td-nin [high]/gaussian run[/]x :fire:", total=4, stats="acc[/] 99%")
+    out = _printed(bar.make_tasks_table(bar.tasks))
+    assert "td-nin [high]/gaussian run[/]x :fire:" in out and "acc[/] 99%" in out
+
+
+def test_attack_table_names_each_branch(tmp_path):
+    from typer.testing import CliRunner
+
+    from robustcli.cli import app
+
+    args = ["attack", "td-lenetfc", "--untrained", "--branch", "high,mid", "-n", "4"]
+    args += ["-a", "contrast", "--no-progress", "-o", str(tmp_path / "a")]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("│")]
+    assert [row.split("│")[1].strip() for row in rows] == [
+        "td-lenetfc (untrained) [high]",
+        "td-lenetfc (untrained) [mid]",
+    ]
