@@ -55,24 +55,62 @@ def _text(text: str, markup: bool) -> Text:
     return Text.from_markup(text, emoji=False) if markup else Text(text)
 
 
+def _is_number(text: str) -> bool:
+    """A cell that must not wrap: a formatted number (``1,234``, ``91.20``, ``-inf``, ``12%``)
+    or a stand-in for one (``-``: none, ``cut``: left out by a time budget)."""
+    try:
+        float(text.replace(",", "").removesuffix("%"))
+    except ValueError:
+        return text in ("-", "cut")
+    return True
+
+
 def to_rich_table(
     df: pd.DataFrame, title: str | None = None, floatfmt: str = ".2f", *, markup: bool = False
 ) -> Table:
     """A Rich table of ``df``. Cells, headers and title print literally (a model label
     ``td-nin [high]`` or a path ``run[1]`` is text, not Rich markup), unless ``markup`` is True:
     then they are Rich markup, and the caller escapes what is not (``robust compare`` marks the
-    best value in bold)."""
+    best value in bold).
+
+    Nothing is cut to fit a narrow terminal: numbers (numeric columns, and text columns of
+    formatted numbers such as ``robust compare``'s) keep every digit, their column as wide as
+    the widest; text wraps within its cell (see :func:`print_table` for the rest)."""
+    from pandas.api.types import is_numeric_dtype
+
     table = Table(
         title=None if title is None else _text(title, markup), header_style="bold", show_lines=False
     )
-    from pandas.api.types import is_numeric_dtype
-
-    for col in df.columns:
-        numeric = is_numeric_dtype(df[col])
-        table.add_column(_text(str(col), markup), justify="right" if numeric else "left")
-    for row in df.itertuples(index=False):
-        table.add_row(*(_text(_cell(v, floatfmt), markup) for v in row))
+    rows = [[_text(_cell(v, floatfmt), markup) for v in row] for row in df.itertuples(index=False)]
+    for i, col in enumerate(df.columns):
+        cells = [row[i].plain for row in rows]
+        header = _text(str(col), markup)
+        if is_numeric_dtype(df[col]) or (cells and all(map(_is_number, cells))):
+            widest = max(map(len, cells), default=1)
+            table.add_column(header, justify="right", no_wrap=True, min_width=widest)
+        else:
+            table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
     return table
+
+
+def print_table(table: Table, console: Console | None = None) -> None:
+    """Print ``table`` whole. Rich fits a table to the terminal by cutting cells once its
+    columns' minimum widths no longer fit (``1234.5`` img/s showed as ``1.23…``, model names as
+    ``td-…``; a log or pipe counts as 80 columns). Such a table is printed at its natural width
+    instead: longer lines, every digit kept. One that fits wraps its text columns, as Rich
+    does."""
+    from rich.measure import Measurement
+    from rich.segment import Segments
+
+    console = console or make_console()
+    needs = Measurement.get(console, console.options.update_width(10_000), table)
+    if needs.minimum <= console.width:
+        console.print(table)
+        return
+    lines = console.render(table, console.options.update_width(needs.maximum))
+    console.print(Segments(lines), crop=False, soft_wrap=True)
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
@@ -115,7 +153,7 @@ def render(
     An unknown ``fmt`` raises ``RobustError`` (exit 2 in the CLI), not a traceback."""
     check_format(fmt)
     if fmt == "table":
-        (console or make_console()).print(to_rich_table(df, title, floatfmt, markup=markup))
+        print_table(to_rich_table(df, title, floatfmt, markup=markup), console)
         return None
     if fmt == "markdown":
         return to_markdown(df, floatfmt)

@@ -10,7 +10,7 @@ import pandas as pd
 from rich.console import Console
 
 from robustcli.progress import progress_bar
-from robustcli.render import make_console, render, to_rich_table
+from robustcli.render import make_console, print_table, render, to_rich_table
 
 LITERAL = ["td-lenetfc (untrained) [high]", "acc[/]", "x[bold]y", "pkg.mod:factory:"]
 
@@ -56,6 +56,39 @@ def test_progress_descriptions_and_stats_print_literally():
     assert "td-nin [high]/gaussian run[/]x :fire:" in out and "acc[/] 99%" in out
 
 
+def test_a_table_wider_than_the_console_is_printed_whole():
+    label = "td-nin-light-cifar10-e3-s0 (checkpoint) [high]"
+    df = pd.DataFrame({"model": [label], "median L2": [0.123456], "img/s": [1234.5]})
+    for c in "abcdefgh":
+        df[f"acc@{c}"] = [99.123]
+    buf = io.StringIO()
+    print_table(to_rich_table(df, floatfmt=".3g"), Console(file=buf, width=60))
+    out = buf.getvalue()
+    assert label in out and "0.123" in out and "1.23e+03" in out and "…" not in out
+    assert max(len(line) for line in out.splitlines()) > 60
+    # fits once its text wraps: printed within the console, the label's words whole
+    narrow = io.StringIO()
+    print_table(to_rich_table(df.iloc[:, :4], floatfmt=".3g"), Console(file=narrow, width=60))
+    lines = narrow.getvalue().splitlines()
+    assert max(map(len, lines)) <= 60 and "…" not in narrow.getvalue()
+    cells = [line.split("│")[1] for line in lines if line.startswith("│")]
+    assert len(cells) > 1 and "".join(cells).replace(" ", "") == label.replace(" ", "")
+    assert "1.23e+03" in lines[3]
+
+
+def test_columns_of_formatted_numbers_never_wrap():
+    # robust compare's cells are marked-up text; Rich narrows the widest wrapping columns first,
+    # which split "1234567.8901 / 2345" over two lines before
+    df = pd.DataFrame({"metric": ["abcdefghijkl"], "a": ["[bold]1234567.89012345[/]"]})
+    df["note"] = ["aaaa bbbb cccc dddd eeee ffff"]
+    df.loc[1] = ["x", "-", "cut"]
+    buf = io.StringIO()
+    print_table(to_rich_table(df, markup=True), Console(file=buf, width=45))
+    out = buf.getvalue()
+    assert "1234567.89012345" in out and "[bold]" not in out
+    assert max(map(len, out.splitlines())) <= 45
+
+
 def test_attack_table_names_each_branch(tmp_path):
     from typer.testing import CliRunner
 
@@ -63,7 +96,7 @@ def test_attack_table_names_each_branch(tmp_path):
 
     args = ["attack", "td-lenetfc", "--untrained", "--branch", "high,mid", "-n", "4"]
     args += ["-a", "contrast", "--no-progress", "-o", str(tmp_path / "a")]
-    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, args)  # not a terminal: Rich lays out 80 columns
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if line.startswith("│")]
     assert [row.split("│")[1].strip() for row in rows] == [

@@ -385,7 +385,7 @@ def _render(run: AttackRun, title: str) -> None:
     import pandas as pd
 
     from robustcli.attacks.metrics import eps_column
-    from robustcli.render import to_rich_table
+    from robustcli.render import render
 
     summary = run.summary.copy()
     missing = pd.Series([o.fully_cut for o in run.outcomes], index=summary.index)
@@ -407,9 +407,7 @@ def _render(run: AttackRun, title: str) -> None:
         table[c] = table[c].astype(object)
         table.loc[missing, c] = "cut"
     table = table.rename(columns=names)
-    console.print(
-        to_rich_table(table, title=f"robust attack: {title}", floatfmt=".3g"), soft_wrap=False
-    )
+    render(table, "table", title=f"robust attack: {title}", console=console, floatfmt=".3g")
     console.print(
         f"clean%: accuracy (%) of all images; @eps: accuracy (%) with L2 perturbations up to "
         f"eps ([0,1] pixels); med L2: median minimal L2 of the attacked images (inf: most not "
@@ -433,14 +431,8 @@ def _render(run: AttackRun, title: str) -> None:
             transfer.loc[cut_rows, c] = "cut"
         if "cut" in transfer and not transfer["cut"].any():
             transfer = transfer.drop(columns=["attacked", "cut"])
-        console.print(
-            to_rich_table(
-                transfer,
-                title="branch transfer (paper B Fig. 5): accuracy % with the adversarials fed "
-                "to one input",
-                floatfmt=".1f",
-            )
-        )
+        heading = "branch transfer (paper B Fig. 5): accuracy % with the adversarials fed to one"
+        render(transfer, "table", title=f"{heading} input", console=console, floatfmt=".1f")
     notes = {n for o in run.outcomes for n in o.notes}
     notes |= set(run.document["config"].get("notes", []))
     for note in sorted(notes):
