@@ -70,8 +70,8 @@ def to_rich_table(
 ) -> Table:
     """A Rich table of ``df``. Cells, headers and title print literally (a model label
     ``td-nin [high]`` or a path ``run[1]`` is text, not Rich markup), unless ``markup`` is True:
-    then they are Rich markup, and the caller escapes what is not (``robust compare`` marks the
-    best value in bold).
+    then cells and title are Rich markup, and the caller escapes what is not (``robust compare``
+    marks the best value in bold); headers stay literal.
 
     Nothing is cut to fit a narrow terminal: numbers (numeric columns, and text columns of
     formatted numbers such as ``robust compare``'s) keep every digit, their column as wide as
@@ -84,7 +84,7 @@ def to_rich_table(
     rows = [[_text(_cell(v, floatfmt), markup) for v in row] for row in df.itertuples(index=False)]
     for i, col in enumerate(df.columns):
         cells = [row[i].plain for row in rows]
-        header = _text(str(col), markup)
+        header = Text(str(col))  # column names (model labels in robust compare) never markup
         if is_numeric_dtype(df[col]) or (cells and all(map(_is_number, cells))):
             widest = max(map(len, cells), default=1)
             table.add_column(header, justify="right", no_wrap=True, min_width=widest)

@@ -79,13 +79,13 @@ def test_a_table_wider_than_the_console_is_printed_whole():
 def test_columns_of_formatted_numbers_never_wrap():
     # robust compare's cells are marked-up text; Rich narrows the widest wrapping columns first,
     # which split "1234567.8901 / 2345" over two lines before
-    df = pd.DataFrame({"metric": ["abcdefghijkl"], "a": ["[bold]1234567.89012345[/]"]})
+    df = pd.DataFrame({"metric": ["abcdefghijkl"], "td [high]": ["[bold]1234567.89012345[/]"]})
     df["note"] = ["aaaa bbbb cccc dddd eeee ffff"]
     df.loc[1] = ["x", "-", "cut"]
     buf = io.StringIO()
     print_table(to_rich_table(df, markup=True), Console(file=buf, width=45))
     out = buf.getvalue()
-    assert "1234567.89012345" in out and "[bold]" not in out
+    assert "1234567.89012345" in out and "[bold]" not in out and "td [high]" in out
     assert max(map(len, out.splitlines())) <= 45
 
 
