@@ -113,17 +113,23 @@ def print_table(table: Table, console: Console | None = None) -> None:
     console.print(Segments(lines), crop=False, soft_wrap=True)
 
 
+def _md_cell(text: str) -> str:
+    """A Markdown table cell: ``|`` escaped and line breaks as spaces (either would end it)."""
+    return " ".join(text.replace("|", "\\|").split("\n"))
+
+
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
-    cols = [str(c) for c in df.columns]
+    """A GitHub Markdown table; numeric columns right-aligned, cells escaped (``|``)."""
     from pandas.api.types import is_numeric_dtype
 
+    cols = [_md_cell(str(c)) for c in df.columns]
     numeric = [is_numeric_dtype(df[c]) for c in df.columns]
     lines = [
         "| " + " | ".join(cols) + " |",
         "|" + "|".join("---:" if n else "---" for n in numeric) + "|",
     ]
     for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v, floatfmt) for v in row) + " |")
+        lines.append("| " + " | ".join(_md_cell(_cell(v, floatfmt)) for v in row) + " |")
     return "\n".join(lines) + "\n"
 
 

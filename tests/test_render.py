@@ -10,7 +10,7 @@ import pandas as pd
 from rich.console import Console
 
 from robustcli.progress import progress_bar
-from robustcli.render import make_console, print_table, render, to_rich_table
+from robustcli.render import make_console, print_table, render, to_markdown, to_rich_table
 
 LITERAL = ["td-lenetfc (untrained) [high]", "acc[/]", "x[bold]y", "pkg.mod:factory:"]
 
@@ -103,3 +103,13 @@ def test_attack_table_names_each_branch(tmp_path):
         "td-lenetfc (untrained) [high]",
         "td-lenetfc (untrained) [mid]",
     ]
+
+
+def test_markdown_cells_cannot_break_the_table():
+    import re
+
+    md = to_markdown(pd.DataFrame({"model|name": ["a|b", "x\ny"], "v": [1.0, 2.0]}))
+    lines = md.splitlines()
+    assert len(lines) == 4  # header, rule, two rows
+    assert all(len(re.findall(r"(?<!\\)\|", line)) == 3 for line in lines)
+    assert "a\\|b" in md and "| x y |" in md and "model\\|name" in md
