@@ -431,8 +431,14 @@ def _render(run: AttackRun, title: str) -> None:
             transfer.loc[cut_rows, c] = "cut"
         if "cut" in transfer and not transfer["cut"].any():
             transfer = transfer.drop(columns=["attacked", "cut"])
-        heading = "branch transfer (paper B Fig. 5): accuracy % with the adversarials fed to one"
-        render(transfer, "table", title=f"{heading} input", console=console, floatfmt=".1f")
+        render(
+            transfer,
+            "table",
+            title="branch transfer (paper B Fig. 5): accuracy % with the adversarials fed to "
+            "one input",
+            console=console,
+            floatfmt=".1f",
+        )
     notes = {n for o in run.outcomes for n in o.notes}
     notes |= set(run.document["config"].get("notes", []))
     for note in sorted(notes):
