@@ -98,19 +98,38 @@ def to_rich_table(
 def print_table(table: Table, console: Console | None = None) -> None:
     """Print ``table`` whole. Rich fits a table to the terminal by cutting cells once its
     columns' minimum widths no longer fit (``1234.5`` img/s showed as ``1.23…``, model names as
-    ``td-…``; a log or pipe counts as 80 columns). Such a table is printed at its natural width
-    instead: longer lines, every digit kept. One that fits wraps its text columns, as Rich
-    does."""
+    ``td-…``; a log or pipe counts as 80 columns). Here a table whose words fit wraps its text
+    columns, as Rich does; on a terminal, one whose numbers fit with at least
+    ``_FOLD_MIN`` characters per text column folds its long words within their cells; any other
+    is printed at its natural width (longer lines, nothing cut: what logs and pipes get)."""
     from rich.measure import Measurement
     from rich.segment import Segments
 
     console = console or make_console()
     needs = Measurement.get(console, console.options.update_width(10_000), table)
-    if needs.minimum <= console.width:
+    if needs.minimum <= console.width or (
+        console.is_terminal and _fold_width(table) <= console.width
+    ):
         console.print(table)
         return
     lines = console.render(table, console.options.update_width(needs.maximum))
     console.print(Segments(lines), crop=False, soft_wrap=True)
+
+
+_FOLD_MIN = 8  # the narrowest text column worth folding into on a terminal
+
+
+def _fold_width(table: Table) -> int:
+    """Width of ``table`` with its number columns whole and its text columns ``_FOLD_MIN``
+    wide (padding and borders included)."""
+
+    def width(c: Any) -> int:
+        if not c.no_wrap:
+            return _FOLD_MIN
+        header = c.header.cell_len if isinstance(c.header, Text) else len(str(c.header))
+        return max(c.min_width or 0, header)
+
+    return sum(width(c) + 3 for c in table.columns) + 1  # + padding 2 and a border each
 
 
 def _md_cell(text: str) -> str:

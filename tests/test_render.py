@@ -76,6 +76,27 @@ def test_a_table_wider_than_the_console_is_printed_whole():
     assert "1.23e+03" in lines[3]
 
 
+def test_on_a_terminal_long_words_fold_within_their_cells_numbers_stay_whole():
+    label = "td-nin-light-cifar10-e3-s0 (checkpoint) [high]"
+    df = pd.DataFrame({"model": [label], "median L2": [0.123456], "img/s": [1234.5]})
+    df["acc@a"], df["acc@b"] = [99.123], [98.0]
+
+    def shown(frame: pd.DataFrame) -> list[str]:
+        buf = io.StringIO()
+        console = Console(file=buf, width=60, force_terminal=True, color_system=None)
+        print_table(to_rich_table(frame, floatfmt=".3g"), console)
+        return buf.getvalue().splitlines()
+
+    lines = shown(df)  # numbers need 44 columns of 60: the label folds into the other 16
+    cells = [line.split("│")[1] for line in lines if line.startswith("│")]
+    assert max(map(len, lines)) <= 60 and "".join(cells).replace(" ", "") == label.replace(" ", "")
+    assert "1.23e+03" in lines[3] and "…" not in "".join(lines)
+    for c in "cdefgh":  # too many numbers: the label would get under 8 columns
+        df[f"acc@{c}"] = [97.0]
+    lines = shown(df)
+    assert label in "".join(lines) and max(map(len, lines)) > 60
+
+
 def test_columns_of_formatted_numbers_never_wrap():
     # robust compare's cells are marked-up text; Rich narrows the widest wrapping columns first,
     # which split "1234567.8901 / 2345" over two lines before
