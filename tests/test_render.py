@@ -15,10 +15,10 @@ from robustcli.render import make_console, print_table, render, to_markdown, to_
 LITERAL = ["td-lenetfc (untrained) [high]", "acc[/]", "x[bold]y", "pkg.mod:factory:"]
 
 
-def _printed(renderable, markup_console: bool = True) -> str:
+def _printed(renderable) -> str:
     # a console with Rich's defaults (markup and emoji on): the table itself must be literal
     buf = io.StringIO()
-    Console(file=buf, width=200, emoji=markup_console, markup=markup_console).print(renderable)
+    Console(file=buf, width=200).print(renderable)
     return buf.getvalue()
 
 
