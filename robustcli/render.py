@@ -36,9 +36,15 @@ def check_format(fmt: str, choices: Sequence[str] = FORMATS, option: str = "--fo
 def make_console(stderr: bool = False) -> Console:
     """The terminal console every command prints through. It prints text as it is: no Rich
     markup (a path ``run[1]`` or a label ``td-nin [high]`` is not a style tag) and no ``:name:``
-    emoji codes (``package.module:factory:`` is not an emoji). A message styled with markup says
-    so (``print(..., markup=True)``) and escapes the user text in it."""
+    emoji codes (``package.module:factory:`` is not an emoji). A styled message is built with
+    :func:`styled`."""
     return Console(stderr=stderr, emoji=False, markup=False)
+
+
+def styled(label: str, style: str, text: str = "") -> Text:
+    """``label`` in ``style``, then `` text`` as it is (user text: never markup), e.g.
+    ``styled("error:", "bold red", str(exc))``."""
+    return Text.assemble((label, style), f" {text}" if text else "")
 
 
 def _cell(value: Any, floatfmt: str) -> str:

@@ -10,10 +10,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
-from rich.markup import escape
 
 from robustcli.errors import RobustError
-from robustcli.render import make_console
+from robustcli.render import make_console, styled
 
 console = make_console()
 err_console = make_console(stderr=True)
@@ -50,23 +49,16 @@ def guarded(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except RobustError as exc:
-            err_console.print(
-                f"[bold red]error:[/] {escape(str(exc))}",
-                highlight=False,
-                soft_wrap=True,
-                markup=True,
-            )
+            err_console.print(styled("error:", "bold red", str(exc)), soft_wrap=True)
             raise typer.Exit(code=2) from None
         except OSError as exc:
             line = os_error_line(exc)
             if line is None:
                 raise
-            err_console.print(
-                f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True, markup=True
-            )
+            err_console.print(styled("error:", "bold red", line), soft_wrap=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]", markup=True)
+            err_console.print(styled("interrupted", "yellow"))
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -111,12 +103,8 @@ def exit_with_gate_report(report: Any) -> None:
     """Print a ``robustcli.gates`` report on stderr (one ``gate:`` line per failure, or the
     pass count) and exit with its code: what ``robust compare`` and ``robust study`` do with
     ``--gates``."""
-    from rich.markup import escape
-
     for line in report.lines():
-        err_console.print(
-            f"[bold red]gate:[/] {escape(line)}", highlight=False, soft_wrap=True, markup=True
-        )
+        err_console.print(styled("gate:", "bold red", line), soft_wrap=True)
     if report.passed:
         err_console.print(
             f"gates passed: {len(report.rules)} rules, {report.checked} checks", highlight=False

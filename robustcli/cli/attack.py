@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.markup import escape
 
 from robustcli.cli import options as opt
 from robustcli.cli._common import console, err_console, guarded, in_range
 from robustcli.errors import RobustError
+from robustcli.render import styled
 
 DEFAULT_EXAMPLES = 1000
 DEFAULT_BATCH = 128
@@ -234,21 +234,18 @@ def attack_command(
         dataset = None  # its --dataset was the model's: the Foolbox samples of it, as for others
     for m in models:
         if m.untrained:
-            err_console.print(
-                f"[bold yellow]warning:[/] attacking {escape(m.name)} with random weights "
-                "(--untrained): the numbers say nothing about the architecture's robustness",
-                highlight=False,
-                markup=True,
+            warning = (
+                f"attacking {m.name} with random weights (--untrained): the numbers say nothing "
+                "about the architecture's robustness"
             )
+            err_console.print(styled("warning:", "bold yellow", warning))
     if n_examples is None and (dataset is not None or data_dir is not None):
         n_examples = DEFAULT_EXAMPLES
     data = load_attack_data(
         first, dataset=dataset, data_dir=data_dir, n_examples=n_examples, seed=seed
     )
     if data.provenance.get("note"):
-        err_console.print(
-            f"[yellow]note:[/] {escape(data.provenance['note'])}", highlight=False, markup=True
-        )
+        err_console.print(styled("note:", "yellow", data.provenance["note"]))
     err_console.print(
         f"attacking {', '.join(m.label for m in models)} on {data.provenance['n_examples']} "
         f"images ({data.provenance['source']}) with {', '.join(names)}; device {dev}",
@@ -442,4 +439,4 @@ def _render(run: AttackRun, title: str) -> None:
     notes = {n for o in run.outcomes for n in o.notes}
     notes |= set(run.document["config"].get("notes", []))
     for note in sorted(notes):
-        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, markup=True)
+        err_console.print(styled("note:", "yellow", note))

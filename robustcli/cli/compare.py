@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from robustcli.cli import options as opt
 from robustcli.cli._common import console, err_console, exit_with_gate_report, guarded
+from robustcli.render import styled
 
 STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
@@ -105,8 +105,7 @@ def compare_command(
         check_summary_path(t)
     cmp = compare(results, baseline=baseline, allow_mismatch=allow_mismatch, paired=paired)
     if cmp.mismatch_note:
-        note = escape(cmp.mismatch_note)  # paths and names are not Rich markup
-        err_console.print(f"[bold yellow]{note}[/]", highlight=False, soft_wrap=True, markup=True)
+        err_console.print(styled(cmp.mismatch_note, "bold yellow"), soft_wrap=True)
     report = evaluate_gates(cmp.values, rules, baseline=cmp.baseline) if rules else None
     # the figure before any output: "no percent metrics to plot" must not follow a printed table
     fig = plot_comparison(cmp) if plot is not None else None

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from robustcli.cli import options as opt
 from robustcli.cli._common import console, err_console, guarded, in_range
 from robustcli.errors import RobustError
+from robustcli.render import styled
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -185,10 +186,11 @@ def explain_command(
         loaded = [ex.load_explain_model(r, dataset=dataset) for r in refs]
         if any(em.untrained for em in loaded):
             err_console.print(
-                "[bold yellow]WARNING: --untrained: model names are built with RANDOM weights; "
-                "their heatmaps show nothing the model learned.[/]",
-                highlight=False,
-                markup=True,
+                styled(
+                    "WARNING: --untrained: model names are built with RANDOM weights; their "
+                    "heatmaps show nothing the model learned.",
+                    "bold yellow",
+                ),
                 soft_wrap=True,
             )
         for em in loaded:
@@ -226,9 +228,7 @@ def explain_command(
     # warnings (an --untrained model's random weights among them) come after the work, so that a
     # bad input fails with its one error line alone
     for w in report.warnings:
-        err_console.print(
-            f"[bold yellow]WARNING: {escape(w)}[/]", highlight=False, soft_wrap=True, markup=True
-        )
+        err_console.print(styled(f"WARNING: {w}", "bold yellow"), soft_wrap=True)
     if fmt == "json":
         typer.echo(json.dumps(ex.jsonable(report.document), indent=2))
         return
@@ -244,5 +244,4 @@ def explain_command(
             typer.echo(text, nl=False)
     if fmt == "table":
         for key, path in report.files.items():
-            line = f"[green]wrote[/] {escape(str(path))}  [dim]({key})[/]"
-            console.print(line, highlight=False, markup=True)
+            console.print(Text.assemble(("wrote", "green"), f" {path}  ", (f"({key})", "dim")))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from robustcli.cli import options as opt
 from robustcli.cli._common import console, err_console, guarded
+from robustcli.render import styled
 
 DEFAULT_OUT = Path("runs/quickstart")
 
@@ -35,7 +35,7 @@ def quickstart_command(
     from robustcli.quickstart import quickstart
 
     def log(msg: str) -> None:
-        err_console.print(f"[dim]quickstart:[/] {escape(msg)}", highlight=False, markup=True)
+        err_console.print(styled("quickstart:", "dim", msg))
 
     result = quickstart(out or DEFAULT_OUT, force=force, fast=fast, log=log)
     text = render_comparison(result.comparison, fmt, console=console)
