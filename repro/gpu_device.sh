@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Bootstrap of repro/gpu_session.sh on a bare, offline GPU machine that has PyTorch but not our
+# other dependencies (this workplace's lent H200): install the wheels carried in .whl/ into
+# /tmp/site, unpack the data carried in .devdata/ (cifar10-jpeg.tar.gz, MNIST/raw/), run the
+# session with DEADLINE_S, and pack its results into OUT (at most 8 files of <= 16 MiB):
+# console.log, results.tgz (everything but weights), weights.tgz.part-* (the models).
+#
+#   bash repro/gpu_device.sh OUT [DEADLINE_S]
+set -uo pipefail
+out=${1:?OUT}
+deadline=${2:-480}
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || { echo "wheel install failed"; exit 5; }
+export PYTHONPATH=/tmp/site:$PWD
+mkdir -p /tmp/cifar /tmp/mnist
+tar xzf .devdata/cifar10-jpeg.tar.gz -C /tmp/cifar && cp -r .devdata/MNIST /tmp/mnist/ \
+  || { echo "data unpack failed"; exit 6; }
+ROBUST="python3 -m robustcli" bash repro/gpu_session.sh /tmp/cifar /tmp/mnist /tmp/g "$deadline" \
+  2>&1 | tee "$out/console.log"
+nvidia-smi >> "$out/console.log" 2>&1
+cd /tmp/g || exit 7
+tar czf "$out/results.tgz" --exclude='*.safetensors' .
+find . -name model.safetensors -not -path './smoke/*' | tar czf /tmp/weights.tgz -T -
+split -b 15M /tmp/weights.tgz "$out/weights.tgz.part-"
+ls -la "$out"
