@@ -3,7 +3,9 @@
 # other dependencies (this workplace's lent H200): install the wheels carried in .whl/ into
 # /tmp/site, unpack the data carried in .devdata/ (cifar10-jpeg.tar.gz, MNIST/raw/), run the
 # session with DEADLINE_S, and pack its results into OUT (at most 8 files of <= 16 MiB):
-# console.log, results.tgz (everything but weights), weights.tgz.part-* (the models).
+# console.log, results.tgz (everything but weights), weights.tgz.part-* (the models, and the
+# last.safetensors of a train step cut by the deadline, to resume elsewhere). A folder
+# .devdata/resume/ (an earlier lease's OUT, unpacked) is copied in first: its studies resume.
 #
 #   bash repro/gpu_device.sh OUT [DEADLINE_S]
 set -uo pipefail
@@ -16,11 +18,14 @@ export PYTHONPATH=/tmp/site:$PWD
 mkdir -p /tmp/cifar /tmp/mnist
 tar xzf .devdata/cifar10-jpeg.tar.gz -C /tmp/cifar && cp -r .devdata/MNIST /tmp/mnist/ \
   || { echo "data unpack failed"; exit 6; }
+if [ -d .devdata/resume ]; then mkdir -p /tmp/g && cp -r .devdata/resume/. /tmp/g/; fi
 ROBUST="python3 -m robustcli" bash repro/gpu_session.sh /tmp/cifar /tmp/mnist /tmp/g "$deadline" \
   2>&1 | tee "$out/console.log"
 nvidia-smi >> "$out/console.log" 2>&1
 cd /tmp/g || exit 7
 tar czf "$out/results.tgz" --exclude='*.safetensors' .
-find . -name model.safetensors -not -path './smoke/*' | tar czf /tmp/weights.tgz -T -
+{ find . -name model.safetensors -not -path './smoke/*'
+  for f in $(find . -name last.safetensors); do [ -f "${f%/*}/model.safetensors" ] || echo "$f"; done
+} | tar czf /tmp/weights.tgz -T -
 split -b 15M /tmp/weights.tgz "$out/weights.tgz.part-"
 ls -la "$out"

@@ -17,6 +17,8 @@
 # First a smoke check (train, eval-c, attack on the GPU in about a minute): if it fails, the
 # script stops there and the rest of the device time is left for a fixed rerun.
 # TINY=1 runs the studies' smoke profiles (embedded digits) so the script itself is tested.
+# A second, shorter lease (a rerun that resumes OUT): SMOKE=0 skips the smoke check, STUDIES
+# names the studies to run (default "table1 fig6"), REPORT=0 leaves the reports to later.
 set -uo pipefail
 cifar=${1:?CIFAR_TREE}
 mnist=${2:?MNIST_DIR}
@@ -47,26 +49,32 @@ else
 fi
 
 # smoke: every code path of the session once on this device (and the CIFAR-10 decode cache)
-timed smoke_train $robust train -m pp-resnet20 "${smoke_data[@]}" -e 1 \
+[ "${SMOKE:-1}" = 0 ] || { timed smoke_train $robust train -m pp-resnet20 "${smoke_data[@]}" -e 1 \
   -o "$out/smoke" --force --progress plain \
   && timed smoke_evalc $robust eval-c "$out/smoke" --generate -c gaussian_noise,glass_blur,frost \
     -s 5 -n "${TINY:+16}${TINY:-500}" "${da[@]}" -o "$out/smoke_evalc.json" --force --progress plain \
   && timed smoke_attack $robust attack td-rev-lenetfc --untrained "${mnist_data[@]}" -n 64 \
     -a gaussian,blur -o "$out/smoke_attack" --force --progress plain \
-  || { log "smoke check failed: stopping (see the smoke_*.log)"; exit 3; }
+  || { log "smoke check failed: stopping (see the smoke_*.log)"; exit 3; }; }
+studies=${STUDIES:-table1 fig6}
 
-left=$(( deadline - ($(date +%s) - t_start) ))
+left=$(( deadline - ($(date +%s) - t_start) )); [ "$left" -ge 1 ] || left=1  # timeout 0 = none
 log "studies start, ${left} s left before the deadline"
 # each study in its own process group (setsid), so that its workers go with it at the deadline
-setsid timeout -k 10 "$left" $robust study "$here/studies/ranabhat2025-table1-resnet20.yaml" \
-  "${pa[@]}" "${da[@]}" -j 9 -o "$out/table1" --progress plain > "$out/table1.log" 2>&1 &
-pid_a=$!
-setsid timeout -k 10 "$left" $robust study "$here/studies/lelekas2020-fig6.yaml" \
-  "${pb[@]}" "${db[@]}" -j 6 -o "$out/fig6" --progress plain > "$out/fig6.log" 2>&1 &
-pid_b=$!
-wait $pid_a; log "table1 study: rc=$? (124: stopped at the deadline)"
-wait $pid_b; log "fig6 study: rc=$? (124: stopped at the deadline)"
-kill -9 -- "-$pid_a" "-$pid_b" 2>/dev/null || true  # workers left by a stopped study
+pid_a= pid_b=
+if [[ " $studies " = *" table1 "* ]]; then
+  setsid timeout -k 10 "$left" $robust study "$here/studies/ranabhat2025-table1-resnet20.yaml" \
+    "${pa[@]}" "${da[@]}" -j 9 -o "$out/table1" --progress plain >> "$out/table1.log" 2>&1 &
+  pid_a=$!
+fi
+if [[ " $studies " = *" fig6 "* ]]; then
+  setsid timeout -k 10 "$left" $robust study "$here/studies/lelekas2020-fig6.yaml" \
+    "${pb[@]}" "${db[@]}" -j 6 -o "$out/fig6" --progress plain >> "$out/fig6.log" 2>&1 &
+  pid_b=$!
+fi
+for p in $pid_a $pid_b; do wait "$p"; log "study (pid $p): rc=$? (124: stopped at the deadline)"; done
+for p in $pid_a $pid_b; do kill -9 -- "-$p" 2>/dev/null; done  # workers left by a stopped study
+[ "${REPORT:-1}" = 0 ] && { log done; exit 0; }
 
 for s in table1:ranabhat2025-table1-resnet20 fig6:lelekas2020-fig6; do
   prof=("${pa[@]}"); [ "${s%%:*}" = fig6 ] && prof=("${pb[@]}")
