@@ -375,3 +375,22 @@ def test_registries_refuse_duplicate_names():
     with pytest.raises(RobustError, match=r"zoo.yaml: 'a' is given twice \(line 4\)"):
         _load_unique(zoo, "zoo.yaml")
     assert _load_unique("models:\n  a: 1\n  b: 2\n", "z") == {"models": {"a": 1, "b": 2}}
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["nosuch"], "error: No such command 'nosuch'. (robust --help)"),
+        (["--nosuch"], "error: No such option: --nosuch (robust --help)"),
+        (["attack", "--nosuch"], "(robust attack --help)"),
+    ],
+)
+def test_usage_errors_point_to_the_help_of_their_command(argv, line, monkeypatch, capsys):
+    from robustcli.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["robust", *argv])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1
+    assert err[0].endswith(line) and "robust robust" not in err[0]

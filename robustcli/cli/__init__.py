@@ -52,7 +52,8 @@ def main() -> None:
     try:
         rv = app(standalone_mode=False, prog_name="robust")
     except usage_error as exc:
-        where = f" (robust {exc.ctx.command_path.split(' ', 1)[-1]} --help)" if exc.ctx else ""
+        # command_path starts with the program's name: "robust" or "robust train"
+        where = f" ({exc.ctx.command_path} --help)" if exc.ctx else ""
         msg = " ".join(exc.format_message().split())
         print(f"error: {msg}{where}", file=sys.stderr)
         sys.exit(2)
