@@ -8,6 +8,14 @@
 # .devdata/resume/ (an earlier lease's OUT, unpacked) is copied in first: its studies resume.
 #
 #   bash repro/gpu_device.sh OUT [DEADLINE_S]
+#
+# The device tool sends the checkout's files (64 MiB at most); docs/data alone is over 60 MB.
+# Session 19 kept it home by untracking it for the call (nothing is committed meanwhile):
+#   git rm -r -q --cached docs/data && echo /docs/data/ >> .git/info/exclude   # before
+#   git reset -q -- docs/data && sed -i '/^\/docs\/data\/$/d' .git/info/exclude  # after
+# with .whl/ (pip download of foolbox, eagerpy, GitPython, gitdb, smmap, imagecorruptions-imaug,
+# typer and its pydantic, rich, shellingham for cp312) and .devdata/ in .git/info/exclude and
+# named in the call's carry.
 set -uo pipefail
 out=${1:?OUT}
 deadline=${2:-480}
