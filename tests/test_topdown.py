@@ -256,6 +256,37 @@ def test_pyramid_keeps_a_constant_image_constant(method, size):
         torch.testing.assert_close(s, torch.full_like(s, 0.37), rtol=0, atol=1e-14)
 
 
+@pytest.mark.parametrize("method", ["gaussian", "tf_resize"])
+def test_pyramid_makes_its_filters_once_on_its_device(method, monkeypatch):
+    """No filter is made per forward pass (on a GPU that is a host-to-device copy, which waits
+    for the GPU's queue), the filters follow ``.to(device)``, and none enters the state dict."""
+    import robustcli.layers.topdown as td
+
+    pyr = GaussianPyramid(method)
+    assert pyr.state_dict() == {} and list(pyr.parameters()) == []
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    first = pyr(x)  # tf_resize: fills its cache for 32 x 32 float32 on the CPU
+    made: list[tuple] = []
+    monkeypatch.setattr(td, "gaussian_kernel1d", lambda *a, **k: made.append(a))
+    monkeypatch.setattr(td, "tf_gaussian_resize_matrix", lambda *a, **k: made.append(a))
+    again = pyr(x)
+    monkeypatch.undo()
+    assert made == []
+    for a, b in zip(again, first, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the same numbers as the stand-alone functions, which make their filters per call
+    for level, f in ((1, 2), (2, 4)):
+        ref = (
+            td.tf_gaussian_downscale(x, f)
+            if method == "tf_resize"
+            else gaussian_downscale(x, pyr.sigmas[level - 1], f)
+        )
+        torch.testing.assert_close(first[level], ref, rtol=0, atol=0)
+    on_meta = pyr.to("meta")(torch.empty(2, 3, 32, 32, device="meta"))
+    assert [s.device.type for s in on_meta] == ["meta"] * 3
+    assert [b.device.type for b in pyr.buffers()] == ["meta", "meta"]
+
+
 def test_tf_resize_matrix_closed_form():
     # Interior row: Gaussian of sigma f/2 input pixels centred at (o + 0.5) f - 0.5, cut at 3 sigma.
     for f in (2, 4):

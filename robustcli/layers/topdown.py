@@ -109,11 +109,24 @@ def tf_gaussian_resize_matrix(
     return (w / w.sum(dim=1, keepdim=True)).to(dtype)
 
 
-def tf_gaussian_downscale(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Authors' ``downscale_tf``: ``tf.image.resize(x, n // f, "gaussian", antialias=True)``."""
+def tf_gaussian_downscale(
+    x: torch.Tensor,
+    factor: int,
+    matrix: Callable[[int, int], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Authors' ``downscale_tf``: ``tf.image.resize(x, n // f, "gaussian", antialias=True)``.
+
+    ``matrix(size, factor)`` gives the resize matrix on ``x``'s device and dtype (default: made
+    here by ``tf_gaussian_resize_matrix``; ``GaussianPyramid`` passes its cache).
+    """
     h, w = x.shape[-2:]
-    mh = tf_gaussian_resize_matrix(h, factor).to(device=x.device, dtype=x.dtype)
-    mw = mh if w == h else tf_gaussian_resize_matrix(w, factor).to(device=x.device, dtype=x.dtype)
+    if matrix is None:
+
+        def matrix(n: int, f: int) -> torch.Tensor:
+            return tf_gaussian_resize_matrix(n, f).to(device=x.device, dtype=x.dtype)
+
+    mh = matrix(h, factor)
+    mw = mh if w == h else matrix(w, factor)
     return torch.einsum("oh,nchw,pw->ncop", mh, x, mw)
 
 
@@ -132,7 +145,11 @@ class GaussianPyramid(nn.Module):
         sigmas: blur sigma of the /2 and /4 scales for ``"gaussian"`` (authors: sigma, 2 sigma
             with sigma = 1).
 
-    No parameters and no persistent buffers: nothing of it goes into a state dict.
+    No parameters and no persistent buffers: nothing of it goes into a state dict. The filters
+    are made once and live on the module's device (the blur kernels as non-persistent buffers,
+    the ``tf_resize`` matrices in a cache per image size, device and dtype): a filter made on
+    the host at every call would be a host-to-device copy per forward pass on a GPU, and such a
+    copy waits for everything queued on the GPU before it.
     """
 
     factors: tuple[int, int] = (2, 4)
@@ -145,6 +162,16 @@ class GaussianPyramid(nn.Module):
             raise ValueError(f"need one sigma per coarse scale (2), got {list(sigmas)}")
         self.method = method
         self.sigmas = tuple(float(s) for s in sigmas)
+        for level, sigma in enumerate(self.sigmas, start=1):
+            self.register_buffer(f"kernel{level}", gaussian_kernel1d(sigma), persistent=False)
+        self._tf_matrices: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def _tf_matrix(self, size: int, factor: int, like: torch.Tensor) -> torch.Tensor:
+        key = (size, factor, like.device, like.dtype)
+        if key not in self._tf_matrices:
+            m = tf_gaussian_resize_matrix(size, factor)
+            self._tf_matrices[key] = m.to(device=like.device, dtype=like.dtype)
+        return self._tf_matrices[key]
 
     def downscale(self, x: torch.Tensor, level: int) -> torch.Tensor:
         """Scale ``level`` (1: /2, 2: /4) of the full-resolution image ``x``; level 0 is ``x``."""
@@ -152,8 +179,10 @@ class GaussianPyramid(nn.Module):
             return x
         factor = self.factors[level - 1]
         if self.method == "tf_resize":
-            return tf_gaussian_downscale(x, factor)
-        return gaussian_downscale(x, self.sigmas[level - 1], factor)
+            return tf_gaussian_downscale(x, factor, lambda n, f: self._tf_matrix(n, f, x))
+        # = gaussian_downscale(x, self.sigmas[level - 1], factor), with the kernel made once
+        kernel = getattr(self, f"kernel{level}")
+        return _separable_depthwise(x, kernel, stride=factor, pad_mode="reflect")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [x, self.downscale(x, 1), self.downscale(x, 2)]
