@@ -515,3 +515,22 @@ def test_shipped_study_smoke_profile_end_to_end(path, tmp_path, one_thread):
             assert ("per_image" in doc) == wanted
             if wanted:
                 assert doc["per_image"]["n"] == doc["n_examples"]
+
+
+def test_next_ready_finishes_runs_before_starting_new_ones():
+    """The local executors' pick: a step whose dependencies are done, later stages first, then
+    plan order; never more than the free slots. A study stopped at a deadline then holds whole
+    runs (a trained and evaluated model) rather than only trained ones."""
+    from robustcli.study.executors import next_ready
+    from robustcli.study.plan import Step
+
+    def step(run: str, kind: str, deps: tuple[str, ...] = ()) -> Step:
+        return Step(run=run, kind=kind, config={}, hash="h", deps=list(deps))
+
+    ta, tb, tc = step("a", "train"), step("b", "train"), step("c", "train")
+    ea, eb = step("a", "eval-c", ("a/train",)), step("b", "eval-c", ("b/train",))
+    vs = step("a", "attack", ("a/train", "b/train"))
+    assert next_ready([ta, tb, tc, ea, eb, vs], set(), 2) == [ta, tb]
+    assert next_ready([tb, tc, ea, eb, vs], {"a/train"}, 2) == [ea, tb]
+    assert next_ready([tc, ea, eb, vs], {"a/train", "b/train"}, 3) == [vs, ea, eb]
+    assert next_ready([tc, ea], {"a/train"}, 0) == []

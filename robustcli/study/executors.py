@@ -4,6 +4,8 @@
 - ``local`` with ``jobs=N``: a ``concurrent.futures.ProcessPoolExecutor`` of N spawned
   processes, each with ``cores // N`` torch threads; a step is submitted once the steps it
   depends on have finished, so independent runs train side by side.
+- Both local executors pick the next step with ``next_ready``: a later stage (eval-c, attack)
+  whose run is trained before the next training, so a stopped study holds whole runs.
 - ``ray``: one Ray task per step, with the step's ``num_cpus``/``num_gpus`` from the study's
   ``resources``; a step's dependencies are passed as object refs, so Ray itself orders them.
   The tasks write results and stamps under the study folder, which must therefore be on a
@@ -50,29 +52,40 @@ def _step_error(step: Step, exc: BaseException) -> RobustError:
     return RobustError(f"step {step.key} failed ({type(exc).__name__}: {text[:300]})")
 
 
+def next_ready(waiting: Sequence[Step], done: set[str], limit: int) -> list[Step]:
+    """Up to ``limit`` of the ``waiting`` steps whose dependencies are ``done``: later stages
+    first (the eval-c of a trained run before the next run's training), then in plan order. So
+    a study that is stopped (a deadline, Ctrl-C) holds whole runs, not only trained models."""
+    ready = [s for s in waiting if all(d in done for d in s.deps)]
+    ready.sort(key=lambda s: -len(s.deps))  # stable: plan order within a stage
+    return ready[: max(0, limit)]
+
+
 def run_local(
     plan: Plan, *, jobs: int = 1, threads: int | None = None, hooks: Hooks | None = None
 ) -> None:
     hooks = hooks or Hooks()
-    steps = plan.pending
     study = plan.study["name"]
+    done = {s.key for s in plan.steps if s.status == "done"}
+    waiting = list(plan.pending)
     if jobs <= 1:
         if threads is not None:
             set_threads(threads)
-        for s in steps:
+        while nxt := next_ready(waiting, done, 1):
+            s = nxt[0]
+            waiting.remove(s)
             hooks.start(s)
             try:
                 stamp = execute_step(s, plan.out, study=study)
             except Exception as exc:
                 hooks.failed(s, exc)
                 raise _step_error(s, exc) from exc
+            done.add(s.key)
             hooks.done(s, stamp)
         return
     import multiprocessing
 
     threads = threads or default_threads(jobs)
-    done = {s.key for s in plan.steps if s.status == "done"}
-    waiting = list(steps)
     running: dict[Future[dict[str, Any]], Step] = {}
     error: RobustError | None = None
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
@@ -80,8 +93,8 @@ def run_local(
         max_workers=jobs, mp_context=ctx, initializer=set_threads, initargs=(threads,)
     ) as pool:
         while waiting or running:
-            if error is None:
-                for s in [s for s in waiting if all(d in done for d in s.deps)]:
+            if error is None:  # no more than `jobs` submitted: the next pick sees new results
+                for s in next_ready(waiting, done, jobs - len(running)):
                     waiting.remove(s)
                     hooks.start(s)
                     running[pool.submit(execute_step, s, str(plan.out), study=study)] = s
