@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -97,6 +98,41 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, precision):
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
     for ra, rb in zip(full.history, resumed.history, strict=True):
         assert ra["train_loss"] == rb["train_loss"] and ra["test_acc"] == rb["test_acc"]
+
+
+def test_a_run_saved_on_another_device_type_resumes_with_a_derived_batch_stream(
+    tmp_path, capsys
+):
+    """A CUDA generator's state (16 bytes) does not fit a CPU generator: a run cut on a GPU and
+    resumed on a CPU (or the reverse) continues with batches drawn from a seed derived from the
+    saved state and epoch, says so in its first log line, and is the same on every resume."""
+    from robustcli.checkpoint.state import save_training_state
+
+    kw = {**TINY, "precision": "fp32", "epochs": 3, "seed": 7}
+
+    def stop_after_first(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train("resnet20", out=tmp_path / "cut", callbacks=[stop_after_first], **kw)
+    tensors, state = load_training_state(tmp_path / "cut" / "last.safetensors")
+    # what a CUDA generator's get_state() holds (seed and offset), in place of the CPU one
+    tensors["rng/data"] = torch.arange(16, dtype=torch.uint8)
+    save_training_state(tmp_path / "cut" / "last.safetensors", tensors, state)
+    shutil.copytree(tmp_path / "cut", tmp_path / "again")
+
+    capsys.readouterr()
+    first = train("resnet20", out=tmp_path / "cut", resume=True, progress="plain")
+    out = capsys.readouterr()
+    log = (out.err + out.out).splitlines()
+    train("resnet20", out=tmp_path / "again", resume=True, progress="none")
+    assert first.resumed_from_epoch == 1 and len(first.history) == 3
+    assert "resuming after epoch 1 (the batch order was saved on another device type: " in log[0]
+    assert "epochs 2+ draw their batches on cpu from a seed derived from it)" in log[0]
+    a = _tensors(tmp_path / "cut" / "model.safetensors")
+    b = _tensors(tmp_path / "again" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "two resumes of one checkpoint differ"
 
 
 def test_run_folder_contents_and_metadata(tmp_path):

@@ -12,6 +12,7 @@ nothing non-finite is ever saved (:class:`TrainingDivergedError`).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
@@ -75,6 +76,7 @@ class Session:
     history: list[dict[str, float]] = field(default_factory=list)
     start_epoch: int = 0
     elapsed_before: float = 0.0
+    resume_note: str = ""  # said in the log's first line (a resume on another device type)
 
     @property
     def writes(self) -> bool:
@@ -143,8 +145,8 @@ def restore_state(s: Session, path: Path) -> None:
     model_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
     s.model.load_state_dict(model_tensors, strict=True)
     optimizer_from_tensors(s.optimizer, tensors, state["optimizer"])
-    _restore_rng(tensors, s.gen, s.dev, s.info)
     s.start_epoch = int(state["epoch"])
+    s.resume_note = _restore_rng(tensors, s.gen, s.dev, s.info, s.start_epoch)
     s.history = list(state["history"])
     s.elapsed_before = float(state.get("elapsed_s", 0.0))
 
@@ -176,14 +178,33 @@ def _restore_rng(
     gen: torch.Generator,
     device: torch.device,
     info: runtime.DistInfo,
-) -> None:
-    gen.set_state(tensors["rng/data"])
+    epoch: int,
+) -> str:
+    """Restore the random streams; returns a note for the log when the data stream is new.
+
+    The data generator lives on the training device, and a CUDA generator's state does not fit
+    a CPU one (nor the reverse). A run resumed on another device type therefore draws its
+    remaining batches from a new seed, made from the saved state and the epoch (the same for
+    every resume of that checkpoint): a valid continuation, not the batches that an
+    uninterrupted run would have drawn.
+    """
+    saved, note = tensors["rng/data"], ""
+    if saved.numel() == gen.get_state().numel():
+        gen.set_state(saved)
+    else:
+        digest = hashlib.sha256(saved.numpy().tobytes() + epoch.to_bytes(8, "little")).digest()
+        gen.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        note = (
+            f"the batch order was saved on another device type: epochs {epoch + 1}+ draw their "
+            f"batches on {device.type} from a seed derived from it"
+        )
     key = f"rng/torch/{info.rank}"
     if key in tensors:
         torch.set_rng_state(tensors[key])
     ckey = f"rng/cuda/{info.rank}"
     if device.type == "cuda" and ckey in tensors:
         torch.cuda.set_rng_state(tensors[ckey], device)
+    return note
 
 
 # ---- the loop ----------------------------------------------------------------------------------

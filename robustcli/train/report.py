@@ -182,7 +182,11 @@ def hms(seconds: float) -> str:
 
 
 def header(
-    config: Mapping[str, Any], out: Path | None, info: runtime.DistInfo, start_epoch: int
+    config: Mapping[str, Any],
+    out: Path | None,
+    info: runtime.DistInfo,
+    start_epoch: int,
+    resume_note: str = "",
 ) -> str:
     """The first log line: model, data, resolved recipe and schedule, runtime, run folder."""
     hp = config["hyperparameters"]
@@ -203,7 +207,8 @@ def header(
         + (f" -> {out}" if out else ""),
     ]
     if start_epoch:
-        parts.append(f"resuming after epoch {start_epoch}")
+        resumed = f"resuming after epoch {start_epoch}"
+        parts.append(f"{resumed} ({resume_note})" if resume_note else resumed)
     return " | ".join(parts)
 
 

@@ -210,7 +210,8 @@ def _train(req: TrainRequest, info: runtime.DistInfo, rundir: RunDir | None) -> 
         atomic_write_json(rundir.path / "config.json", config)
     report = reporter(req.progress, info)
     spe = s.steps_per_epoch
-    report.start(header(config, req.out, info, s.start_epoch), spe * s.epochs, spe * s.start_epoch)
+    first = header(config, req.out, info, s.start_epoch, s.resume_note)
+    report.start(first, spe * s.epochs, spe * s.start_epoch)
     ips, wall = run_epochs(s, report, req.callbacks, config["model"])
     return _finish(s, config, data.adapter, report, ips=ips, wall=wall, t_start=t_start)
 
