@@ -6,7 +6,9 @@
 #                                              full eval-c (19 x 5 x 10,000), 9 worker processes
 #   studies/lelekas2020-fig6.yaml              BU / TD / TD_uni / TD_rev x 3 seeds, 30 epochs,
 #                                              5 cheap attacks x 3 repeats on 1,000 test images
-# Both are studies: what is cut by DEADLINE_S is kept and resumes on a rerun.
+# Both are studies: what is cut by DEADLINE_S is kept and resumes on a rerun. Session 19's
+# H200 leases held about half of it: the 9 plain / PP / PP + GELU trainings, 3 BU LeNetFCs and
+# partial runs (docs/results.md); bring back last.safetensors (gpu_device.sh does) to resume.
 #
 #   repro/gpu_session.sh CIFAR_TREE MNIST_DIR OUT [DEADLINE_S]   # on the GPU machine
 #   TINY=1 repro/gpu_session.sh - - /tmp/gpu-tiny                  # the same pipeline on CPU
