@@ -100,9 +100,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, precision):
         assert ra["train_loss"] == rb["train_loss"] and ra["test_acc"] == rb["test_acc"]
 
 
-def test_a_run_saved_on_another_device_type_resumes_with_a_derived_batch_stream(
-    tmp_path, capsys
-):
+def test_a_run_saved_on_another_device_type_resumes_with_a_derived_batch_stream(tmp_path, capsys):
     """A CUDA generator's state (16 bytes) does not fit a CPU generator: a run cut on a GPU and
     resumed on a CPU (or the reverse) continues with batches drawn from a seed derived from the
     saved state and epoch, says so in its first log line, and is the same on every resume."""
