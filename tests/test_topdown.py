@@ -287,6 +287,22 @@ def test_pyramid_makes_its_filters_once_on_its_device(method, monkeypatch):
     assert [b.device.type for b in pyr.buffers()] == ["meta", "meta"]
 
 
+@pytest.mark.parametrize("method", ["gaussian", "tf_resize"])
+def test_pyramid_first_used_in_inference_mode_still_serves_gradients(method):
+    """The filters made once must not be inference tensors: an evaluation under
+    ``torch.inference_mode`` followed by an attack's gradient pass would fail otherwise."""
+    pyr = GaussianPyramid(method)
+    x = torch.rand(2, 1, 20, 20, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        before = [s.clone() for s in pyr(x)]
+    xg = x.clone().requires_grad_(True)
+    scales = pyr(xg)
+    sum(s.sum() for s in scales).backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    for a, b in zip(scales, before, strict=True):
+        torch.testing.assert_close(a.detach(), b, rtol=0, atol=0)
+
+
 def test_tf_resize_matrix_closed_form():
     # Interior row: Gaussian of sigma f/2 input pixels centred at (o + 0.5) f - 0.5, cut at 3 sigma.
     for f in (2, 4):

@@ -17,6 +17,7 @@ prose, the code is followed and the difference is noted in the docstring concern
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -109,24 +110,23 @@ def tf_gaussian_resize_matrix(
     return (w / w.sum(dim=1, keepdim=True)).to(dtype)
 
 
-def tf_gaussian_downscale(
-    x: torch.Tensor,
-    factor: int,
-    matrix: Callable[[int, int], torch.Tensor] | None = None,
+@functools.lru_cache(maxsize=32)
+def _tf_resize_matrix_on(
+    size: int, factor: int, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Authors' ``downscale_tf``: ``tf.image.resize(x, n // f, "gaussian", antialias=True)``.
+    """``tf_gaussian_resize_matrix`` on ``device``, made once per argument set: a matrix made
+    on the host at every call would be a host-to-device copy per forward pass on a GPU, which
+    waits for everything queued there. Made outside inference mode, so that a matrix first
+    needed under ``torch.inference_mode`` still serves passes that autograd records."""
+    with torch.inference_mode(False):
+        return tf_gaussian_resize_matrix(size, factor).to(device=device, dtype=dtype)
 
-    ``matrix(size, factor)`` gives the resize matrix on ``x``'s device and dtype (default: made
-    here by ``tf_gaussian_resize_matrix``; ``GaussianPyramid`` passes its cache).
-    """
+
+def tf_gaussian_downscale(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Authors' ``downscale_tf``: ``tf.image.resize(x, n // f, "gaussian", antialias=True)``."""
     h, w = x.shape[-2:]
-    if matrix is None:
-
-        def matrix(n: int, f: int) -> torch.Tensor:
-            return tf_gaussian_resize_matrix(n, f).to(device=x.device, dtype=x.dtype)
-
-    mh = matrix(h, factor)
-    mw = mh if w == h else matrix(w, factor)
+    mh = _tf_resize_matrix_on(h, factor, x.device, x.dtype)
+    mw = mh if w == h else _tf_resize_matrix_on(w, factor, x.device, x.dtype)
     return torch.einsum("oh,nchw,pw->ncop", mh, x, mw)
 
 
@@ -147,9 +147,9 @@ class GaussianPyramid(nn.Module):
 
     No parameters and no persistent buffers: nothing of it goes into a state dict. The filters
     are made once and live on the module's device (the blur kernels as non-persistent buffers,
-    the ``tf_resize`` matrices in a cache per image size, device and dtype): a filter made on
-    the host at every call would be a host-to-device copy per forward pass on a GPU, and such a
-    copy waits for everything queued on the GPU before it.
+    the ``tf_resize`` matrices in ``tf_gaussian_downscale``'s cache): a filter made on the host
+    at every call would be a host-to-device copy per forward pass on a GPU, and such a copy
+    waits for everything queued on the GPU before it.
     """
 
     factors: tuple[int, int] = (2, 4)
@@ -164,14 +164,6 @@ class GaussianPyramid(nn.Module):
         self.sigmas = tuple(float(s) for s in sigmas)
         for level, sigma in enumerate(self.sigmas, start=1):
             self.register_buffer(f"kernel{level}", gaussian_kernel1d(sigma), persistent=False)
-        self._tf_matrices: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
-
-    def _tf_matrix(self, size: int, factor: int, like: torch.Tensor) -> torch.Tensor:
-        key = (size, factor, like.device, like.dtype)
-        if key not in self._tf_matrices:
-            m = tf_gaussian_resize_matrix(size, factor)
-            self._tf_matrices[key] = m.to(device=like.device, dtype=like.dtype)
-        return self._tf_matrices[key]
 
     def downscale(self, x: torch.Tensor, level: int) -> torch.Tensor:
         """Scale ``level`` (1: /2, 2: /4) of the full-resolution image ``x``; level 0 is ``x``."""
@@ -179,7 +171,7 @@ class GaussianPyramid(nn.Module):
             return x
         factor = self.factors[level - 1]
         if self.method == "tf_resize":
-            return tf_gaussian_downscale(x, factor, lambda n, f: self._tf_matrix(n, f, x))
+            return tf_gaussian_downscale(x, factor)
         # = gaussian_downscale(x, self.sigmas[level - 1], factor), with the kernel made once
         kernel = getattr(self, f"kernel{level}")
         return _separable_depthwise(x, kernel, stride=factor, pad_mode="reflect")
