@@ -114,6 +114,15 @@ def test_every_command_is_registered_in_order():
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("command", sorted(_commands()))
+def test_command_summary_is_one_line(command):
+    """`robust --help` lists each command with its docstring's first paragraph, keeping its line
+    breaks: a summary wrapped in the source showed as a broken line in the list."""
+    summary = _commands()[command].help.strip().split("\n\n")[0]
+    assert "\n" not in summary, f"{command}: {summary!r}"
+    assert len(summary) <= 100, f"{command}: summary of {len(summary)} characters"
+
+
 @pytest.mark.parametrize("command", sorted(EXPECTED))
 def test_shared_options_have_one_spelling(command):
     params = {p.name: p for p in _commands()[command].params}

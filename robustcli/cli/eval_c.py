@@ -91,8 +91,9 @@ def eval_c_command(
         "in the JSON): `robust compare --paired` then gives bootstrap intervals over images.",
     ),
 ) -> None:
-    """Evaluate a model on CIFAR-10-C: accuracy per corruption and severity, group means,
-    clean accuracy, CE / relative CE against a baseline result.
+    """Evaluate a model on CIFAR-10-C: accuracy per corruption, severity and group; CE.
+
+    Also the clean accuracy, and CE / relative CE against a baseline result (--baseline).
 
     Examples:
 
