@@ -123,6 +123,25 @@ def test_command_summary_is_one_line(command):
     assert len(summary) <= 100, f"{command}: summary of {len(summary)} characters"
 
 
+@pytest.mark.parametrize("command", sorted(_commands()))
+def test_help_prose_reaches_the_formatter_unwrapped(command):
+    """Typer's rich formatter keeps a paragraph's line breaks, then wraps it to the terminal:
+    a prose paragraph wrapped in the source showed as ragged lines. Only example blocks
+    (indented lines) may keep theirs."""
+    for para in _commands()[command].help.split("\n\n"):
+        lines = para.split("\n")
+        assert len(lines) == 1 or all(line[:1].isspace() for line in lines[1:]), (
+            f"{command}: {para!r}"
+        )
+        assert "\b" not in para, f"{command}: Click's \\b marker shows as a blank line"
+
+
+def test_help_renders_a_wrapped_docstring_paragraph_as_one():
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "feeds the model: robustcli.checkpoint.load_checkpoint), metrics.csv" in result.output
+
+
 @pytest.mark.parametrize("command", sorted(EXPECTED))
 def test_shared_options_have_one_spelling(command):
     params = {p.name: p for p in _commands()[command].params}

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from robustcli.cli.app import app
+from robustcli.cli.app import app, reflow_help
 from robustcli.cli.attack import attack_command
 from robustcli.cli.compare import compare_command
 from robustcli.cli.corrupt import corrupt_command
@@ -36,7 +36,7 @@ for _name, _command in (
     ("study", study_command),
     ("models", models_command),
 ):
-    app.command(_name)(_command)
+    app.command(_name, help=reflow_help(_command.__doc__))(_command)
 
 
 def main() -> None:
