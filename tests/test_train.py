@@ -377,3 +377,26 @@ def test_plain_progress_speaks_within_long_epochs_at_most_once_per_interval():
         "epoch 1/4 | step 35/100 | loss 1.5000 acc 25.00% | 80 img/s | eta 4:20",
         "epoch 1/4 | step 45/100 | loss 1.5000 acc 25.00% | 80 img/s | eta 4:24",
     ]
+
+
+def test_epoch_eta_counts_only_this_process_after_a_resume():
+    """A run resumed after epoch 1 of 4, whose first epoch ran elsewhere in 1,000 s: the epoch
+    line's eta is this process's 50 s per epoch times the 2 epochs left, not the run's mean."""
+    import io
+
+    from robustcli.train.report import _Plain
+
+    now = [0.0]
+    out = io.StringIO()
+    rep = _Plain(out, clock=lambda: now[0])
+    rep.start("header", total_steps=100, done_steps=25)  # 25 steps per epoch: after epoch 1
+    row = {"epoch": 2, "lr": 0.1, "train_loss": 1.0, "train_acc": 0.5, "test_acc": math.nan}
+    now[0] = 50.0
+    rep.epoch({**row, "images_per_s": 10.0, "epoch_s": 48.0, "elapsed_s": 1050.0}, 4)
+    assert out.getvalue().splitlines()[-1].endswith("| 48.0 s | eta 1:40")
+    fresh = _Plain(out, clock=lambda: now[0])
+    now[0] = 0.0
+    fresh.start("header", total_steps=100, done_steps=0)
+    now[0] = 30.0
+    fresh.epoch({**row, "epoch": 1, "images_per_s": 10.0, "epoch_s": 30.0, "elapsed_s": 30.0}, 4)
+    assert out.getvalue().splitlines()[-1].endswith("| 30.0 s | eta 1:30")

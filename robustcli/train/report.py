@@ -38,11 +38,27 @@ class Reporter:
     the run's result, to stdout, so ``robust train ... > result.txt`` keeps only the result.
     """
 
+    total = first = 0  # steps of the run; steps done before this process (a resume)
+    t_start = 0.0  # when this process's first step began, on clock()
+    clock: Callable[[], float] = staticmethod(time.monotonic)
+
     def start(self, header: str, total_steps: int, done_steps: int) -> None:
         pass
 
     def step(self, epoch: int, epochs: int, done: int, stats: Mapping[str, float]) -> None:
         pass
+
+    def _begin(self, total_steps: int, done_steps: int) -> None:
+        self.total, self.first = total_steps, done_steps
+        self.t_start = self.clock()
+
+    def _eta(self, row: Mapping[str, float], epochs: int) -> float:
+        """Seconds left after the epoch of ``row``: this process's time per epoch (test pass
+        included) times the epochs left. Not the run's ``elapsed_s``: the epochs before a
+        resume ran elsewhere, on another device or under another load."""
+        epochs_run = row["epoch"] - self.first * epochs / max(self.total, 1)
+        spent = self.clock() - self.t_start
+        return spent / epochs_run * (epochs - row["epoch"]) if epochs_run > 0 else 0.0
 
     def epoch(self, row: Mapping[str, float], epochs: int) -> None:
         pass
@@ -69,8 +85,7 @@ class _Plain(Reporter):
     ) -> None:
         self.stream = stream or sys.stderr
         self.interval, self.clock = interval, clock
-        self.total = self.first = 0
-        self.t_start = self.last = 0.0
+        self.last = 0.0
 
     def message(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -80,8 +95,8 @@ class _Plain(Reporter):
 
     def start(self, header: str, total_steps: int, done_steps: int) -> None:
         self.message(header)
-        self.total, self.first = total_steps, done_steps
-        self.t_start = self.last = self.clock()
+        self._begin(total_steps, done_steps)
+        self.last = self.t_start
 
     def step(self, epoch: int, epochs: int, done: int, stats: Mapping[str, float]) -> None:
         now = self.clock()
@@ -97,7 +112,7 @@ class _Plain(Reporter):
 
     def epoch(self, row: Mapping[str, float], epochs: int) -> None:
         self.last = self.clock()
-        self.message(epoch_line(row, epochs))
+        self.message(epoch_line(row, epochs, self._eta(row, epochs)))
 
 
 class _Rich(Reporter):
@@ -126,6 +141,7 @@ class _Rich(Reporter):
     def start(self, header: str, total_steps: int, done_steps: int) -> None:
         self.progress.start()
         self.message(header)
+        self._begin(total_steps, done_steps)
         self.task = self.progress.add_task(
             "training", total=total_steps, completed=done_steps, stats=""
         )
@@ -140,7 +156,7 @@ class _Rich(Reporter):
         )
 
     def epoch(self, row: Mapping[str, float], epochs: int) -> None:
-        self.message(epoch_line(row, epochs))
+        self.message(epoch_line(row, epochs, self._eta(row, epochs)))
 
     def stop(self) -> None:
         self.progress.stop()
@@ -158,14 +174,13 @@ def reporter(progress: bool | str, info: runtime.DistInfo) -> Reporter:
 # ---- log lines ---------------------------------------------------------------------------------
 
 
-def epoch_line(row: Mapping[str, float], epochs: int) -> str:
-    """The log line of a finished epoch (its ``metrics.csv`` row)."""
+def epoch_line(row: Mapping[str, float], epochs: int, eta: float) -> str:
+    """The log line of a finished epoch (its ``metrics.csv`` row), ``eta`` seconds to go."""
     test = (
         f" | test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:.2f}%"
         if not math.isnan(row.get("test_acc", math.nan))
         else ""
     )
-    eta = row["elapsed_s"] / row["epoch"] * (epochs - row["epoch"]) if row["epoch"] else 0.0
     return (
         f"epoch {int(row['epoch'])}/{epochs} | lr {row['lr']:.4g} | train loss "
         f"{row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%{test} | "
