@@ -43,7 +43,7 @@ def step(model: torch.nn.Module, x: torch.Tensor, grad: bool) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated registry names")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--reps", type=int, default=15, help="timed rounds per layout")

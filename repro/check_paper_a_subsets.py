@@ -26,7 +26,7 @@ from robustcli.evaluate.sources import subset_indices
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("big", type=Path, help="folder of evalc-*-n10000-s*.json")
     ap.add_argument("small", type=Path, help="folder of the evalc-*-n1000-s*.json")
     args = ap.parse_args()
