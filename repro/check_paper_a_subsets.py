@@ -52,8 +52,7 @@ def main() -> None:
             continue
         big_doc, small_doc = (json.loads(p.read_text()) for p in (path, other))
         big, small = per_image_results(big_doc), per_image_results(small_doc)
-        # the images the small run took: the tree is sorted by class (any sorted labels will do)
-        idx = subset_indices(torch.zeros(big.n, dtype=torch.long), small.n)[0].numpy()
+        idx = small_run_images(big.n, small.n)
         names = big_doc["corruptions"]
         assert names == small_doc["corruptions"], f"{path} and {other}: other corruptions"
         same = [
@@ -69,6 +68,12 @@ def main() -> None:
         print_baseline_differences(args.big, args.small, args.baseline)
 
 
+def small_run_images(big_n: int, small_n: int) -> np.ndarray:
+    """The indices of the images the small run took among the big run's."""
+    # the tree is sorted by class, so any sorted labels give the same subset
+    return subset_indices(torch.zeros(big_n, dtype=torch.long), small_n)[0].numpy()
+
+
 def mean_19(result: PerImage, images: np.ndarray | None = None) -> float:
     """Mean accuracy (%) over every (corruption, severity) cell, on ``images`` or all."""
     cells = result.cells if images is None else result.cells[:, :, images]
@@ -77,7 +82,7 @@ def mean_19(result: PerImage, images: np.ndarray | None = None) -> float:
 
 def print_baseline_differences(big_dir: Path, small_dir: Path, baseline: str) -> None:
     print(
-        f"\n| model | seed | - {baseline}: 1,000-image runs | 10,000-image runs on those 1,000 "
+        f"\n| model | seed | minus {baseline}: 1,000-image runs | 10,000-image runs on those 1,000 "
         "images | all 10,000 |"
     )
     print("|---|---|---|---|---|")
@@ -98,7 +103,7 @@ def print_baseline_differences(big_dir: Path, small_dir: Path, baseline: str) ->
         big, big_base, small, small_base = (
             per_image_results(json.loads(f.read_text())) for f in files
         )
-        idx = subset_indices(torch.zeros(big.n, dtype=torch.long), small.n)[0].numpy()
+        idx = small_run_images(big.n, small.n)
         print(
             f"| {m['model']} | {m['seed']} | {mean_19(small) - mean_19(small_base):+.2f} | "
             f"{mean_19(big, idx) - mean_19(big_base, idx):+.2f} | "
