@@ -22,6 +22,7 @@ draw, the last two only by the images: which of the two moved a difference from 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 from pathlib import Path
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustcli.evaluate.paired import PerImage, per_image_results
+from robustcli.evaluate.paired import PerImage, per_image_metrics, per_image_results
 from robustcli.evaluate.sources import subset_indices
 
 
@@ -50,8 +51,7 @@ def main() -> None:
         other = args.small / path.name.replace("-n10000-", "-n1000-")
         if not other.exists():
             continue
-        big_doc, small_doc = (json.loads(p.read_text()) for p in (path, other))
-        big, small = per_image_results(big_doc), per_image_results(small_doc)
+        (big_doc, big), (small_doc, small) = load(path), load(other)
         idx = small_run_images(big.n, small.n)
         names = big_doc["corruptions"]
         assert names == small_doc["corruptions"], f"{path} and {other}: other corruptions"
@@ -74,10 +74,17 @@ def small_run_images(big_n: int, small_n: int) -> np.ndarray:
     return subset_indices(torch.zeros(big_n, dtype=torch.long), small_n)[0].numpy()
 
 
-def mean_19(result: PerImage, images: np.ndarray | None = None) -> float:
-    """Mean accuracy (%) over every (corruption, severity) cell, on ``images`` or all."""
-    cells = result.cells if images is None else result.cells[:, :, images]
-    return float(cells.mean() * 100)
+@functools.cache
+def load(path: Path) -> tuple[dict, PerImage]:
+    """An eval-c document and its per-image bits, decoded once per file."""
+    doc = json.loads(path.read_text())
+    return doc, per_image_results(doc)
+
+
+@functools.cache
+def corruption_accuracy(path: Path) -> np.ndarray:
+    """Per image, the run's ``corruptions_acc`` (%): the mean over 19 for a full run."""
+    return per_image_metrics(load(path)[1])["corruptions_acc"].to_numpy()
 
 
 def print_baseline_differences(big_dir: Path, small_dir: Path, baseline: str) -> None:
@@ -100,14 +107,12 @@ def print_baseline_differences(big_dir: Path, small_dir: Path, baseline: str) ->
         ]
         if not all(f.exists() for f in files):
             continue
-        big, big_base, small, small_base = (
-            per_image_results(json.loads(f.read_text())) for f in files
-        )
-        idx = small_run_images(big.n, small.n)
+        big, big_base, small, small_base = (corruption_accuracy(f) for f in files)
+        idx = small_run_images(big.size, small.size)
         print(
-            f"| {m['model']} | {m['seed']} | {mean_19(small) - mean_19(small_base):+.2f} | "
-            f"{mean_19(big, idx) - mean_19(big_base, idx):+.2f} | "
-            f"{mean_19(big) - mean_19(big_base):+.2f} |"
+            f"| {m['model']} | {m['seed']} | {small.mean() - small_base.mean():+.2f} | "
+            f"{big[idx].mean() - big_base[idx].mean():+.2f} | "
+            f"{big.mean() - big_base.mean():+.2f} |"
         )
 
 
