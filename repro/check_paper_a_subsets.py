@@ -48,7 +48,7 @@ def main() -> None:
     print("| file | clean per image | corruptions identical per image | mean 19: 10,000 - 1,000 |")
     print("|---|---|---|---|")
     for path in sorted(args.big.glob("evalc-*-n10000-s*.json")):
-        other = args.small / path.name.replace("-n10000-", "-n1000-")
+        other = small_twin(args.small, path.name)
         if not other.exists():
             continue
         (big_doc, big), (small_doc, small) = load(path), load(other)
@@ -66,6 +66,11 @@ def main() -> None:
         print(f"| {path.name} | {clean} | {agree} | {gap:+.2f} |")
     if args.baseline:
         print_baseline_differences(args.big, args.small, args.baseline)
+
+
+def small_twin(small_dir: Path, big_name: str) -> Path:
+    """The 1,000-image run's file in ``small_dir`` for a 10,000-image run's file name."""
+    return small_dir / big_name.replace("-n10000-", "-n1000-")
 
 
 def small_run_images(big_n: int, small_n: int) -> np.ndarray:
@@ -102,8 +107,8 @@ def print_baseline_differences(big_dir: Path, small_dir: Path, baseline: str) ->
         files = [
             path,
             big_dir / base_name,
-            small_dir / path.name.replace("-n10000-", "-n1000-"),
-            small_dir / base_name.replace("-n10000-", "-n1000-"),
+            small_twin(small_dir, path.name),
+            small_twin(small_dir, base_name),
         ]
         if not all(f.exists() for f in files):
             continue
