@@ -4,8 +4,10 @@ Each ATTACK_DIR is the output of one ``robust attack -c TD --vs BU`` (one seed: 
 that seed, the same images). Per attack and seed it takes the median minimal L2 of each model
 (over the images it classifies correctly; failures at infinity) and the mean accuracy loss over
 [0, E] (``auc``, lower = more robust), then reports mean +- std over seeds and the paired
-difference TD - BU with a 95 % t-interval over seeds. Writes a Markdown table and a figure of
-the accuracy-loss curves (mean over seeds, TD green, BU red, as paper B's Fig. 6).
+difference TD - BU with a 95 % t-interval over seeds; beside it, how many seeds have TD ahead,
+the signed-rank p over seeds and whether TD and BU vary as much from seed to seed
+(``seed_agreement``). Writes a Markdown table and a figure of the accuracy-loss curves (mean
+over seeds, TD green, BU red, as paper B's Fig. 6).
 
     python repro/summarize_paper_b.py runs/repro-b/attack-s0 runs/repro-b/attack-s1 \
         --out docs/figures/paper_b_mnist
@@ -79,6 +81,22 @@ def mean_ci(values: list[float]) -> tuple[float, float, float, float]:
     return m, s, m - h, m + h
 
 
+def seed_agreement(td: list[float], bu: list[float]) -> tuple[int, int, float, float]:
+    """How the seeds agree, beside the t-interval (which one outlying seed can widen): the
+    number of seeds with TD ahead (TD > BU), the seeds compared, the Wilcoxon signed-rank p of
+    TD - BU, and the Brown-Forsythe p that TD's and BU's spread over seeds are equal."""
+    pairs = [(t, b) for t, b in zip(td, bu, strict=True) if math.isfinite(t) and math.isfinite(b)]
+    t = np.asarray([p[0] for p in pairs], dtype=np.float64)
+    b = np.asarray([p[1] for p in pairs], dtype=np.float64)
+    ahead = int((t > b).sum())
+    if len(pairs) < 3 or np.all(t == b):
+        return ahead, len(pairs), math.nan, math.nan
+    signed = float(stats.wilcoxon(t - b).pvalue)
+    with np.errstate(all="ignore"):
+        spread = float(stats.levene(t, b, center="median").pvalue)
+    return ahead, len(pairs), signed, spread
+
+
 def seed_outcomes(spec: str, only: set[str] | None = None) -> list:
     """The outcomes of one seed: one attack folder, or several joined by commas (the seed's
     attack set split over parallel processes, same models and images). A split seed's per-part
@@ -142,8 +160,9 @@ def main() -> None:
     lines = [
         "| attack | seeds | TD clean % | BU clean % | TD median L2 | BU median L2 | "
         "TD - BU median L2 [95 % CI] | TD auc % | BU auc % | TD - BU auc [95 % CI] | verdict | "
+        "seeds with TD ahead (median L2) | signed-rank p | equal seed spread, p | "
         "TD - BU median L2 per seed [95 % bootstrap CI over images] |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     curves: dict[str, dict[str, np.ndarray]] = {}
     for attack, sides in table.items():
@@ -193,11 +212,11 @@ def main() -> None:
             verdict = "BU more robust"
         else:
             verdict = "no significant difference" if lo <= 0 <= hi else "mixed"
+        ahead, n_seeds, signed, spread = seed_agreement(cols["tdm"], cols["bum"])
         lines.append(
             f"| {attack} | {len(pairs)} | {ms('tdc')} | {ms('buc')} | {ms('tdm')} | {ms('bum')} "
-            f"| {dm} | {ms('tda')} | {ms('bua')} | {da} | {verdict} | "
-            + " / ".join(per_seed)
-            + " |"
+            f"| {dm} | {ms('tda')} | {ms('bua')} | {da} | {verdict} | {ahead} of {n_seeds} "
+            f"| {fmt(signed)} | {fmt(spread)} | " + " / ".join(per_seed) + " |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     md = "\n".join(lines) + "\n"
