@@ -7,7 +7,7 @@ searches along; its L2 is ``eps * ||x - 1/2||``), and the model's accuracy is co
 here to larger ``eps`` than the others. Reads ``RUNS/<model>-mnist-e<E>-s<seed>`` (the run
 folders of ``repro/paper_b_mnist_train.sh``) and prints a Markdown table.
 
-    python repro/sweep_paper_b_contrast.py docs/data/repro-b ../shared/data --seeds 0-7
+    python repro/sweep_paper_b_contrast.py docs/data/repro-b ../shared/data --seeds 0,1,2,3,4,5,6,7
 """
 
 from __future__ import annotations
@@ -38,20 +38,12 @@ def contrast_accuracy(
     return accs
 
 
-def seed_list(text: str) -> list[int]:
-    """``0-7`` or ``0,1,5`` -> the seeds."""
-    if "-" in text:
-        lo, hi = text.split("-")
-        return list(range(int(lo), int(hi) + 1))
-    return [int(s) for s in text.split(",")]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", type=Path, help="folder of <model>-mnist-e<E>-s<seed> run folders")
     ap.add_argument("data_dir", help="folder holding MNIST/raw")
     ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--seeds", default="0-2", help="0-7 or 0,1,5")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     ap.add_argument("--models", default="bu-lenetfc,td-lenetfc")
     ap.add_argument("--eps", default="0,0.1,0.15,0.2,0.25,0.3,0.35,0.4")
     ap.add_argument("-n", type=int, default=5000, help="the first N test images")
@@ -62,7 +54,7 @@ def main() -> None:
         x, y = images[: args.n].float() / 255.0, labels[: args.n]
         rows = []
         for model in args.models.split(","):
-            for seed in seed_list(args.seeds):
+            for seed in [int(s) for s in args.seeds.split(",")]:
                 lm = load_model(args.runs / f"{model}-mnist-e{args.epochs}-s{seed}")
                 accs = contrast_accuracy(lm, x, y, eps)
                 rows.append(f"| {model} | {seed} | " + " | ".join(f"{a:.1f}" for a in accs) + " |")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from torch import nn
 
 from robustcli.models.loaded import LoadedModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "repro"))
-from sweep_paper_b_contrast import contrast_accuracy, seed_list  # noqa: E402
+from sweep_paper_b_contrast import contrast_accuracy  # noqa: E402
 
 
 class Threshold(nn.Module):
@@ -59,8 +58,3 @@ def test_the_model_sees_its_normalised_input():
 def test_batches_do_not_change_the_count():
     x, y = X.repeat(3, 1, 1, 1), Y.repeat(3)
     assert contrast_accuracy(_lm(0.7), x, y, [0.61], batch=4) == [50.0]
-
-
-@pytest.mark.parametrize(("text", "seeds"), [("0-3", [0, 1, 2, 3]), ("0,5", [0, 5]), ("7", [7])])
-def test_seed_list(text, seeds):
-    assert seed_list(text) == seeds
