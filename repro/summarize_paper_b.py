@@ -85,16 +85,16 @@ def seed_agreement(td: list[float], bu: list[float]) -> tuple[int, int, float, f
     """How the seeds agree, beside the t-interval (which one outlying seed can widen): the
     number of seeds with TD ahead (TD > BU), the seeds compared, the Wilcoxon signed-rank p of
     TD - BU, and the Brown-Forsythe p that TD's and BU's spread over seeds are equal."""
-    pairs = [(t, b) for t, b in zip(td, bu, strict=True) if math.isfinite(t) and math.isfinite(b)]
-    t = np.asarray([p[0] for p in pairs], dtype=np.float64)
-    b = np.asarray([p[1] for p in pairs], dtype=np.float64)
+    t, b = np.asarray(td, dtype=np.float64), np.asarray(bu, dtype=np.float64)
+    ok = np.isfinite(t) & np.isfinite(b)
+    t, b = t[ok], b[ok]
     ahead = int((t > b).sum())
-    if len(pairs) < 3 or np.all(t == b):
-        return ahead, len(pairs), math.nan, math.nan
+    if len(t) < 3 or np.all(t == b):
+        return ahead, len(t), math.nan, math.nan
     signed = float(stats.wilcoxon(t - b).pvalue)
     with np.errstate(all="ignore"):
         spread = float(stats.levene(t, b, center="median").pvalue)
-    return ahead, len(pairs), signed, spread
+    return ahead, len(t), signed, spread
 
 
 def seed_outcomes(spec: str, only: set[str] | None = None) -> list:

@@ -33,7 +33,7 @@ def contrast_accuracy(
             hits = 0
             for i in range(0, len(x), batch):
                 xe = (1.0 - e) * x[i : i + batch] + e * 0.5
-                hits += int((lm.model(lm.normalise(xe)).argmax(1) == y[i : i + batch]).sum())
+                hits += int((lm.model(lm.to_input(xe)).argmax(1) == y[i : i + batch]).sum())
             accs.append(100.0 * hits / len(x))
     return accs
 
