@@ -7,8 +7,9 @@
 #            300 images; compare with the normalised 3-epoch runs (same seeds and images).
 #   branch   Fig. 5 on MNIST: the 12-epoch TD LeNetFC (seed 0), adversarials fed to one input.
 #   cifar    NIN-light on CIFAR-10 (JPEG mirror; the zoo's 1x28x28 input, so grey 28x28),
-#            BU and TD, 3 epochs (the fewest the recipe's two drops allow), seed 0; attacks on
-#            200 images and the Fig. 5 branch test.
+#            BU and TD, 3 epochs (the fewest the recipe's two drops allow), seeds $CIFAR_SEEDS
+#            (default 0); attacks on 200 images and the Fig. 5 branch test, per seed.
+# PRECISION (fp32, bf16) pins the training precision of the cifar step (default: train's auto).
 #   arrange  TD_uni and TD_rev LeNetFC, 3 epochs, seeds 0-2 (TD_rev: $REV_SEEDS, default 0: it
 #            costs 10x TD's multiply-adds), Gaussian/uniform noise vs BU on 200 images.
 #   six      Fig. 6's other six attacks on 1,000 images, 12-epoch models, seed 0.
@@ -45,17 +46,20 @@ for step in "$@"; do
         --branch all,high,mid,low -d mnist --data-dir "$mnist" -n 200 \
         -a gaussian,uniform,salt-pepper,blur --seed 0 ;;
     cifar)
-      for m in bu-nin-light td-nin-light; do
-        run="$runs/cifar/$m-cifar10-e3-s0"
-        [ -f "$run/model.safetensors" ] || $robust train -m $m -d cifar10 --data-dir "$cifar" \
-          -r topdown -e 3 --seed 0 -o "$run" --progress plain --force
-      done
-      attack "$runs/cifar/attack-td-nin-light-e3-n200-s0" -c "$runs/cifar/td-nin-light-cifar10-e3-s0" \
-        --vs "$runs/cifar/bu-nin-light-cifar10-e3-s0" -d cifar10 --data-dir "$cifar" -n 200 \
-        -a gaussian,uniform,blur --seed 0
-      attack "$runs/cifar/branch-td-nin-light-e3-s0" -c "$runs/cifar/td-nin-light-cifar10-e3-s0" \
-        --branch all,high,mid,low -d cifar10 --data-dir "$cifar" -n 200 -a gaussian,uniform,blur \
-        --seed 0 ;;
+      for s in ${CIFAR_SEEDS:-0}; do
+        for m in bu-nin-light td-nin-light; do
+          run="$runs/cifar/$m-cifar10-e3-s$s"
+          [ -f "$run/model.safetensors" ] || $robust train -m $m -d cifar10 --data-dir "$cifar" \
+            -r topdown -e 3 --seed "$s" -o "$run" --progress plain --force \
+            ${PRECISION:+--precision "$PRECISION"}
+        done
+        attack "$runs/cifar/attack-td-nin-light-e3-n200-s$s" \
+          -c "$runs/cifar/td-nin-light-cifar10-e3-s$s" --vs "$runs/cifar/bu-nin-light-cifar10-e3-s$s" \
+          -d cifar10 --data-dir "$cifar" -n 200 -a gaussian,uniform,blur --seed "$s"
+        attack "$runs/cifar/branch-td-nin-light-e3-s$s" -c "$runs/cifar/td-nin-light-cifar10-e3-s$s" \
+          --branch all,high,mid,low -d cifar10 --data-dir "$cifar" -n 200 -a gaussian,uniform,blur \
+          --seed "$s"
+      done ;;
     arrange)
       ROBUST=$robust "$here/paper_b_mnist_train.sh" "$mnist" "$runs" 3 "0 1 2" td-uni-lenetfc
       ROBUST=$robust "$here/paper_b_mnist_train.sh" "$mnist" "$runs" 3 "$rev_seeds" td-rev-lenetfc
