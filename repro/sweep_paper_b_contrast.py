@@ -8,7 +8,7 @@ here to larger ``eps`` than the others. Reads ``RUNS/<model>-mnist-e<E>-s<seed>`
 folders of ``repro/paper_b_mnist_train.sh``) and prints a Markdown table.
 
 ``--towards`` moves the blend target: 0 (black) only fades the strokes (the background stays
-0), 1 (white) fades the strokes and lifts the background fully, mid-grey does half of each; a
+0), 1 (white) only lifts the background (the strokes stay 1), mid-grey does half of each; a
 model that keeps its accuracy towards one target and not another tells which half of the
 contrast change it ignores.
 
