@@ -1,0 +1,85 @@
+"""Paper B, Fig. 5 over seeds: which input of a TD network is the vulnerable one.
+
+Each BRANCH_DIR is the output of one ``robust attack -c TD --branch all,high,mid,low`` (one
+seed). Prints a Markdown table, one row per attack: (a) test accuracy (%) when the perturbation
+the attack found on the whole model is fed to one input only, the other inputs clean (paper
+B's measurement), mean +- std over seeds; (b) the median minimal L2 when the attack may perturb
+only that input (``inf``: never fooled within the pixel range), per seed. Both are read from
+the attack's own ``attack.json`` (the numbers ``robust attack`` printed), nothing recomputed.
+
+    python repro/summarize_paper_b_branch.py runs/repro-b/cifar/branch-td-nin-light-e3-s0 \
+        runs/repro-b/cifar/branch-td-nin-light-e3-s1 runs/repro-b/cifar/branch-td-nin-light-e3-s2
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from summarize_paper_b import mean_ci
+
+from robustcli.attacks.results import read_attack_result
+from robustcli.errors import RobustError
+
+INPUTS = ("all", "high", "mid", "low")
+
+
+def _number(v: Any) -> float:
+    return math.inf if v == "inf" else math.nan if v is None else float(v)
+
+
+def branch_seed(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """One seed's (a) transfer accuracy and (b) per-input median L2: attack -> input -> value."""
+    doc, _ = read_attack_result(path)
+    rows = (doc.get("branch_transfer") or {}).get("rows") or []
+    if not rows:
+        raise RobustError(
+            f"{path} holds no branch test: run `robust attack -c TD --branch all,high,mid,low`"
+        )
+    transfer = {r["attack"]: {b: _number(r[b]) for b in INPUTS} for r in rows}
+    l2: dict[str, dict[str, float]] = {}
+    for r in doc["summary"]:
+        if r["branch"] in INPUTS[1:] and r["attack"] != "worst-case":
+            l2.setdefault(r["attack"], {})[r["branch"]] = _number(r["median_l2"])
+    return transfer, l2
+
+
+def branch_table(seeds: list[tuple[dict, dict]]) -> list[str]:
+    """Markdown rows over seeds (the attacks of the first seed, in its order)."""
+    head = (
+        " | ".join(f"(a) {b}" for b in INPUTS) + " | " + " | ".join(f"(b) {b}" for b in INPUTS[1:])
+    )
+    rows = [f"| attack | {head} |", "|---|" + "---|" * (len(INPUTS) * 2 - 1)]
+    for attack in seeds[0][0]:
+        cells = []
+        for b in INPUTS:
+            mean, std, _, _ = mean_ci([t[attack][b] for t, _ in seeds])
+            cells.append(f"{mean:.1f}" + (f" +- {std:.1f}" if math.isfinite(std) else ""))
+        for b in INPUTS[1:]:
+            cells.append(
+                " / ".join(f"{l2.get(attack, {}).get(b, math.nan):.2f}" for _, l2 in seeds)
+            )
+        rows.append(f"| {attack} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+", type=Path, help="one branch-test attack folder per seed")
+    args = ap.parse_args()
+    try:
+        seeds = [branch_seed(d) for d in args.dirs]
+    except RobustError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(
+        f"Fig. 5 over {len(seeds)} seed(s): (a) test accuracy % with the whole-model perturbation "
+        "fed to one input (mean +- std over seeds); (b) median minimal L2 when only that input "
+        "is attacked (per seed)\n"
+    )
+    print("\n".join(branch_table(seeds)))
+
+
+if __name__ == "__main__":
+    main()
