@@ -41,7 +41,7 @@ def branch_seed(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, dict
     transfer = {r["attack"]: {b: _number(r[b]) for b in INPUTS} for r in rows}
     l2: dict[str, dict[str, float]] = {}
     for r in doc["summary"]:
-        if r["branch"] in INPUTS[1:] and r["attack"] != "worst-case":
+        if r["branch"] in INPUTS[1:]:
             l2.setdefault(r["attack"], {})[r["branch"]] = _number(r["median_l2"])
     return transfer, l2
 

@@ -21,7 +21,7 @@ def _write(tmp_path: Path, name: str, transfer: dict, l2: dict) -> Path:
     summary = [
         {"attack": a, "branch": b, "median_l2": v} for a, per in l2.items() for b, v in per.items()
     ]
-    summary.append({"attack": "worst-case", "branch": "high", "median_l2": 0.1})
+    summary.append({"attack": "gaussian", "branch": "all", "median_l2": 0.5})  # not per input
     doc = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -41,11 +41,11 @@ def test_one_seed_reads_transfer_and_per_input_l2_with_inf(tmp_path):
         tmp_path,
         "s0",
         {"gaussian": {"all": 3.0, "high": 15.0, "mid": 59.5, "low": 60.0}},
-        {"gaussian": {"all": 1.0, "high": 1.66, "mid": 11.72, "low": "inf"}},
+        {"gaussian": {"high": 1.66, "mid": 11.72, "low": "inf"}},
     )
     transfer, l2 = branch_seed(d)
     assert transfer == {"gaussian": {"all": 3.0, "high": 15.0, "mid": 59.5, "low": 60.0}}
-    assert l2 == {"gaussian": {"high": 1.66, "mid": 11.72, "low": math.inf}}  # no worst-case
+    assert l2 == {"gaussian": {"high": 1.66, "mid": 11.72, "low": math.inf}}  # "all" left out
 
 
 def test_the_table_averages_transfer_and_lists_l2_per_seed(tmp_path):
