@@ -97,6 +97,7 @@ def main() -> None:
         raise SystemExit(f"error: --towards {args.towards} is outside [0, 1]; pass a grey level")
     eps = [float(e) for e in args.eps.split(",")]
     models = args.models.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
     try:
         images, labels = load_dataset("mnist", "test", args.data_dir)
         x, y = images[: args.n].float() / 255.0, labels[: args.n]
@@ -110,7 +111,7 @@ def main() -> None:
                     eps,
                     towards=args.towards,
                 )
-                for seed in [int(s) for s in args.seeds.split(",")]
+                for seed in seeds
             ]
     except RobustError as exc:
         raise SystemExit(f"error: {exc}") from None
@@ -121,7 +122,7 @@ def main() -> None:
     print("| model | seed | " + " | ".join(f"eps {e:g}" for e in eps) + " |")
     print("|---|---|" + "---|" * len(eps))
     for model, runs in acc.items():
-        for seed, accs in zip(args.seeds.split(","), runs, strict=True):
+        for seed, accs in zip(seeds, runs, strict=True):
             print(f"| {model} | {seed} | " + " | ".join(f"{a:.1f}" for a in accs) + " |")
     print()
     print("\n".join(paired_table(acc, eps, models[0])))
