@@ -1,6 +1,6 @@
-"""Paper B, Exp. 1 (Fig. 4) on MNIST: clean test accuracy of BU and the TD arrangements over seeds.
+"""Paper B, Exp. 1 (Fig. 4): clean test accuracy of BU and the TD arrangements over seeds.
 
-Reads ``RUNS/<model>-mnist-e<E>-s<seed>/result.json`` (``repro/paper_b_mnist_train.sh``'s run
+Reads ``RUNS/<model>-<dataset>-e<E>-s<seed>/result.json`` (``repro/paper_b_mnist_train.sh``'s run
 folders) for every model and seed, and prints a Markdown table: mean +- std per model and the
 paired difference against ``--reference`` (same seeds) with a 95 % t-interval over seeds.
 
@@ -39,6 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path, help="folder holding the run folders")
     ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--dataset", default="mnist", help="as in the run folder names: mnist, cifar10")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, the same for all")
     ap.add_argument("--models", default="bu-lenetfc,td-lenetfc,td-uni-lenetfc,td-rev-lenetfc")
     ap.add_argument("--reference", default="bu-lenetfc", help="model the differences are against")
@@ -48,7 +49,7 @@ def main() -> None:
     if args.reference not in models:
         ap.error(f"--reference {args.reference} is not one of --models")
     acc = {
-        m: [test_accuracy(args.runs / f"{m}-mnist-e{args.epochs}-s{s}") for s in seeds]
+        m: [test_accuracy(args.runs / f"{m}-{args.dataset}-e{args.epochs}-s{s}") for s in seeds]
         for m in models
     }
     ref = acc[args.reference]
