@@ -9,7 +9,6 @@
 #   cifar    NIN-light on CIFAR-10 (JPEG mirror; the zoo's 1x28x28 input, so grey 28x28),
 #            BU and TD, 3 epochs (the fewest the recipe's two drops allow), seeds $CIFAR_SEEDS
 #            (default 0); attacks on 200 images and the Fig. 5 branch test, per seed.
-# PRECISION (fp32, bf16) pins the training precision of the cifar step (default: train's auto).
 #   arrange  TD_uni and TD_rev LeNetFC, 3 epochs, seeds 0-2 (TD_rev: $REV_SEEDS, default 0: it
 #            costs 10x TD's multiply-adds), Gaussian/uniform noise vs BU on 200 images.
 #   six      Fig. 6's other six attacks on 1,000 images, 12-epoch models, seed 0.
@@ -18,6 +17,7 @@
 #            the Fig. 5 branch test (Gaussian, uniform, blur) on 100 images of seed 0.
 # Steps raw to six need the 3- and 12-epoch BU/TD runs of repro/paper_b_mnist_train.sh in RUNS;
 # nin trains its own.
+# PRECISION (fp32, bf16) pins the training precision of the cifar step (default: train's auto).
 set -euo pipefail
 mnist=${1:?MNIST_DATA (holding MNIST/raw)}
 cifar=${2:?CIFAR_TREE}
