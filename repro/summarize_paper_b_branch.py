@@ -16,33 +16,36 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any
 
 from summarize_paper_b import mean_ci
 
 from robustcli.attacks.results import read_attack_result
 from robustcli.errors import RobustError
+from robustcli.results import document_metrics
 
 INPUTS = ("all", "high", "mid", "low")
 
 
-def _number(v: Any) -> float:
-    return math.inf if v == "inf" else math.nan if v is None else float(v)
-
-
 def branch_seed(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """One seed's (a) transfer accuracy and (b) per-input median L2: attack -> input -> value."""
+    """One seed's (a) transfer accuracy and (b) per-input median L2: attack -> input -> value.
+    (b) comes from the per-input summary rows as ``robust compare`` reads them
+    (``document_metrics``: ``attack:<attack>[<input>]:median_l2``, ``inf`` decoded)."""
     doc, _ = read_attack_result(path)
     rows = (doc.get("branch_transfer") or {}).get("rows") or []
     if not rows:
         raise RobustError(
             f"{path} holds no branch test: run `robust attack -c TD --branch all,high,mid,low`"
         )
-    transfer = {r["attack"]: {b: _number(r[b]) for b in INPUTS} for r in rows}
-    l2: dict[str, dict[str, float]] = {}
-    for r in doc["summary"]:
-        if r["branch"] in INPUTS[1:]:
-            l2.setdefault(r["attack"], {})[r["branch"]] = _number(r["median_l2"])
+    transfer = {r["attack"]: {b: float(r[b]) for b in INPUTS} for r in rows}
+    metrics = document_metrics(doc).get(rows[0]["model"], {})
+    l2 = {
+        a: {
+            b: metrics[f"attack:{a}[{b}]:median_l2"]
+            for b in INPUTS[1:]
+            if f"attack:{a}[{b}]:median_l2" in metrics
+        }
+        for a in transfer
+    }
     return transfer, l2
 
 

@@ -19,9 +19,11 @@ from summarize_paper_b_branch import branch_seed, branch_table  # noqa: E402
 def _write(tmp_path: Path, name: str, transfer: dict, l2: dict) -> Path:
     rows = [{"model": "td", "attack": a, "clean": 60.0, **v} for a, v in transfer.items()]
     summary = [
-        {"attack": a, "branch": b, "median_l2": v} for a, per in l2.items() for b, v in per.items()
+        {"model": "td", "attack": a, "branch": b, "median_l2": v}
+        for a, per in l2.items()
+        for b, v in per.items()
     ]
-    summary.append({"attack": "gaussian", "branch": "all", "median_l2": 0.5})  # not per input
+    summary.append({"model": "td", "attack": "gaussian", "branch": "all", "median_l2": 0.5})
     doc = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
