@@ -14,7 +14,8 @@
 #   six      Fig. 6's other six attacks on 1,000 images, 12-epoch models, seed 0.
 #   nin      NIN-light on MNIST (paper B's Fig. 5 setting): BU and TD, 4 epochs, seeds 0-2, fp32;
 #            Fig. 6's six non-sparse attacks on 150 images per seed, salt-and-pepper on 100, and
-#            the Fig. 5 branch test (Gaussian, uniform, blur) on 100 images of seed 0.
+#            the Fig. 5 branch test (Gaussian, uniform, blur) on 100 images of each seed in
+#            $NIN_BRANCH_SEEDS (default 0).
 # Steps raw to six need the 3- and 12-epoch BU/TD runs of repro/paper_b_mnist_train.sh in RUNS;
 # nin trains its own.
 # PRECISION (fp32, bf16) pins the training precision of the cifar step (default: train's auto).
@@ -81,9 +82,11 @@ for step in "$@"; do
         gaussian,uniform,blur,contrast,blended,spatial 150 td-nin-light
       NO_SUMMARY=1 ROBUST=$robust "$here/paper_b_mnist_attack.sh" "$mnist" "$runs" 4 "0 1 2" \
         salt-pepper 100 td-nin-light
-      attack "$runs/branch-td-nin-light-e4-n100-s0" -c "$runs/td-nin-light-mnist-e4-s0" \
-        --branch all,high,mid,low -d mnist --data-dir "$mnist" -n 100 -a gaussian,uniform,blur \
-        --seed 0 ;;
+      for s in ${NIN_BRANCH_SEEDS:-0}; do
+        attack "$runs/branch-td-nin-light-e4-n100-s$s" -c "$runs/td-nin-light-mnist-e4-s$s" \
+          --branch all,high,mid,low -d mnist --data-dir "$mnist" -n 100 -a gaussian,uniform,blur \
+          --seed "$s"
+      done ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done
