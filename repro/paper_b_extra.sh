@@ -16,9 +16,14 @@
 #            Fig. 6's six non-sparse attacks on 150 images per seed, salt-and-pepper on 100, and
 #            the Fig. 5 branch test (Gaussian, uniform, blur) on 100 images of each seed in
 #            $NIN_BRANCH_SEEDS (default 0).
+#   resnet32 ResNet32 BU and TD on colour CIFAR-10 (JPEG mirror; paper B's CIFAR model),
+#            $R32_EPOCHS (default 10) epochs of the paper's recipe with its mean subtraction
+#            (--normalize mean), seeds $R32_SEEDS (default "0 1"); Fig. 6's six non-sparse attacks
+#            on $R32_N (default 200) images per seed.
 # Steps raw to six need the 3- and 12-epoch BU/TD runs of repro/paper_b_mnist_train.sh in RUNS;
 # nin trains its own.
-# PRECISION (fp32, bf16) pins the training precision of the cifar step (default: train's auto).
+# PRECISION (fp32, bf16) pins the training precision of the cifar and resnet32 steps (default:
+# train's auto).
 set -euo pipefail
 mnist=${1:?MNIST_DATA (holding MNIST/raw)}
 cifar=${2:?CIFAR_TREE}
@@ -86,6 +91,20 @@ for step in "$@"; do
         attack "$runs/branch-td-nin-light-e4-n100-s$s" -c "$runs/td-nin-light-mnist-e4-s$s" \
           --branch all,high,mid,low -d mnist --data-dir "$mnist" -n 100 -a gaussian,uniform,blur \
           --seed "$s"
+      done ;;
+    resnet32)
+      e=${R32_EPOCHS:-10}
+      for s in ${R32_SEEDS:-0 1}; do
+        for m in bu-resnet32 td-resnet32; do
+          run="$runs/cifar/$m-cifar10-e$e-s$s"
+          [ -f "$run/model.safetensors" ] || $robust train -m $m -d cifar10 --data-dir "$cifar" \
+            -r topdown -e "$e" --seed "$s" --normalize mean -o "$run" --progress plain --force \
+            ${PRECISION:+--precision "$PRECISION"}
+        done
+        n=${R32_N:-200}
+        attack "$runs/cifar/attack-td-resnet32-e$e-n$n-s$s" -c "$runs/cifar/td-resnet32-cifar10-e$e-s$s" \
+          --vs "$runs/cifar/bu-resnet32-cifar10-e$e-s$s" -d cifar10 --data-dir "$cifar" -n "$n" \
+          -a gaussian,uniform,blur,contrast,blended,spatial --seed "$s"
       done ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
