@@ -18,7 +18,7 @@
 #            $NIN_BRANCH_SEEDS (default 0).
 #   resnet32 ResNet32 BU and TD on colour CIFAR-10 (JPEG mirror; paper B's CIFAR model),
 #            $R32_EPOCHS (default 10) epochs of the paper's recipe with its mean subtraction
-#            (--normalize mean), seeds $R32_SEEDS (default "0 1"); Fig. 6's six non-sparse attacks
+#            (--normalize mean), seeds $R32_SEEDS (default "0 1 2"); Fig. 6's six non-sparse attacks
 #            on $R32_N (default 200) images per seed.
 # Steps raw to six need the 3- and 12-epoch BU/TD runs of repro/paper_b_mnist_train.sh in RUNS;
 # nin trains its own.
@@ -94,7 +94,7 @@ for step in "$@"; do
       done ;;
     resnet32)
       e=${R32_EPOCHS:-10}
-      for s in ${R32_SEEDS:-0 1}; do
+      for s in ${R32_SEEDS:-0 1 2}; do
         for m in bu-resnet32 td-resnet32; do
           run="$runs/cifar/$m-cifar10-e$e-s$s"
           [ -f "$run/model.safetensors" ] || $robust train -m $m -d cifar10 --data-dir "$cifar" \
