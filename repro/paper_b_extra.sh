@@ -32,11 +32,19 @@ shift 3
 here=$(dirname "$0")
 robust=${ROBUST:-robust}
 noise=gaussian,uniform,gaussian-fb2,uniform-fb2
+nonsparse=gaussian,uniform,blur,contrast,blended,spatial   # Fig. 6 without the two sparse attacks
 rev_seeds=${REV_SEEDS:-0}
 attack() {  # OUT ARGS...: one robust attack run unless its result exists
   local out=$1; shift
   if [ -f "$out/attack.json" ]; then echo "done: $out"; return; fi
   $robust attack "$@" --repeats 3 -o "$out" --no-progress
+}
+train_cifar() {  # MODEL EPOCHS SEED [ARGS...]: one CIFAR-10 run of -r topdown unless it exists
+  local m=$1 e=$2 s=$3; shift 3
+  local run="$runs/cifar/$m-cifar10-e$e-s$s"
+  [ -f "$run/model.safetensors" ] || $robust train -m "$m" -d cifar10 --data-dir "$cifar" \
+    -r topdown -e "$e" --seed "$s" -o "$run" --progress plain --force \
+    ${PRECISION:+--precision "$PRECISION"} "$@"
 }
 for step in "$@"; do
   case $step in
@@ -53,12 +61,7 @@ for step in "$@"; do
         -a gaussian,uniform,salt-pepper,blur --seed 0 ;;
     cifar)
       for s in ${CIFAR_SEEDS:-0}; do
-        for m in bu-nin-light td-nin-light; do
-          run="$runs/cifar/$m-cifar10-e3-s$s"
-          [ -f "$run/model.safetensors" ] || $robust train -m $m -d cifar10 --data-dir "$cifar" \
-            -r topdown -e 3 --seed "$s" -o "$run" --progress plain --force \
-            ${PRECISION:+--precision "$PRECISION"}
-        done
+        for m in bu-nin-light td-nin-light; do train_cifar $m 3 "$s"; done
         attack "$runs/cifar/attack-td-nin-light-e3-n200-s$s" \
           -c "$runs/cifar/td-nin-light-cifar10-e3-s$s" --vs "$runs/cifar/bu-nin-light-cifar10-e3-s$s" \
           -d cifar10 --data-dir "$cifar" -n 200 -a gaussian,uniform,blur --seed "$s"
@@ -84,7 +87,7 @@ for step in "$@"; do
       PRECISION=fp32 ROBUST=$robust "$here/paper_b_mnist_train.sh" "$mnist" "$runs" 4 "0 1 2" \
         "bu-nin-light td-nin-light"
       NO_SUMMARY=1 ROBUST=$robust "$here/paper_b_mnist_attack.sh" "$mnist" "$runs" 4 "0 1 2" \
-        gaussian,uniform,blur,contrast,blended,spatial 150 td-nin-light
+        $nonsparse 150 td-nin-light
       NO_SUMMARY=1 ROBUST=$robust "$here/paper_b_mnist_attack.sh" "$mnist" "$runs" 4 "0 1 2" \
         salt-pepper 100 td-nin-light
       for s in ${NIN_BRANCH_SEEDS:-0}; do
@@ -95,16 +98,11 @@ for step in "$@"; do
     resnet32)
       e=${R32_EPOCHS:-10}
       for s in ${R32_SEEDS:-0 1 2}; do
-        for m in bu-resnet32 td-resnet32; do
-          run="$runs/cifar/$m-cifar10-e$e-s$s"
-          [ -f "$run/model.safetensors" ] || $robust train -m $m -d cifar10 --data-dir "$cifar" \
-            -r topdown -e "$e" --seed "$s" --normalize mean -o "$run" --progress plain --force \
-            ${PRECISION:+--precision "$PRECISION"}
-        done
+        for m in bu-resnet32 td-resnet32; do train_cifar $m "$e" "$s" --normalize mean; done
         n=${R32_N:-200}
         attack "$runs/cifar/attack-td-resnet32-e$e-n$n-s$s" -c "$runs/cifar/td-resnet32-cifar10-e$e-s$s" \
           --vs "$runs/cifar/bu-resnet32-cifar10-e$e-s$s" -d cifar10 --data-dir "$cifar" -n "$n" \
-          -a gaussian,uniform,blur,contrast,blended,spatial --seed "$s"
+          -a $nonsparse --seed "$s"
       done ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
