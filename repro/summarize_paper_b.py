@@ -6,8 +6,12 @@ that seed, the same images). Per attack and seed it takes the median minimal L2 
 [0, E] (``auc``, lower = more robust), then reports mean +- std over seeds and the paired
 difference TD - BU with a 95 % t-interval over seeds; beside it, how many seeds have TD ahead,
 the signed-rank p over seeds and whether TD and BU vary as much from seed to seed
-(``seed_agreement``). Writes a Markdown table and a figure of the accuracy-loss curves (mean
-over seeds, TD green, BU red, as paper B's Fig. 6).
+(``seed_agreement``). Per seed it also gives TD - BU over the images BOTH models classify
+correctly (the last column, ``joint=True``): each model's own median is over its own correct
+images, so the less accurate model leaves out images near its decision boundary (small L2),
+which lifts its median by itself; the joint set removes that selection. Writes a Markdown table
+and a figure of the accuracy-loss curves (mean over seeds, TD green, BU red, as paper B's
+Fig. 6).
 
     python repro/summarize_paper_b.py runs/repro-b/attack-s0 runs/repro-b/attack-s1 \
         --out docs/figures/paper_b_mnist
@@ -37,16 +41,29 @@ def median_l2(distances: np.ndarray, correct: np.ndarray) -> float:
     return float(np.median(d)) if len(d) else math.nan
 
 
+def joint_correct(td_ok: np.ndarray, bu_ok: np.ndarray) -> np.ndarray:
+    """The images both models classify correctly (the joint set)."""
+    return np.asarray(td_ok, dtype=bool) & np.asarray(bu_ok, dtype=bool)
+
+
 def median_diff_ci(
-    td: np.ndarray, td_ok: np.ndarray, bu: np.ndarray, bu_ok: np.ndarray, n_boot: int = 2000
+    td: np.ndarray,
+    td_ok: np.ndarray,
+    bu: np.ndarray,
+    bu_ok: np.ndarray,
+    n_boot: int = 2000,
+    joint: bool = False,
 ) -> tuple[float, float]:
     """95 % bootstrap interval over images of median L2 (TD) - median L2 (BU), one seed.
 
     Both models were attacked on the same images, so the images are resampled together (paired);
     each model's median is over the resampled images it classifies correctly (failures at
-    infinity), as ``median_l2``. This is the image-sampling error of one seed's difference; the
-    interval over seeds (the other column) adds training-seed noise.
+    infinity), as ``median_l2``; with ``joint``, both medians are over the resampled images BOTH
+    classify correctly. This is the image-sampling error of one seed's difference; the interval
+    over seeds (the other column) adds training-seed noise.
     """
+    if joint:
+        td_ok = bu_ok = joint_correct(td_ok, bu_ok)
     rng = np.random.default_rng(0)
     idx = rng.integers(0, len(td), size=(n_boot, len(td)))
     a = np.where(td_ok, td, np.nan)[idx]
@@ -161,8 +178,9 @@ def main() -> None:
         "| attack | seeds | TD clean % | BU clean % | TD median L2 | BU median L2 | "
         "TD - BU median L2 [95 % CI] | TD auc % | BU auc % | TD - BU auc [95 % CI] | verdict | "
         "seeds with TD ahead (median L2) | signed-rank p | equal seed spread, p | "
-        "TD - BU median L2 per seed [95 % bootstrap CI over images] |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "TD - BU median L2 per seed [95 % bootstrap CI over images] | "
+        "the same over the images both classify correctly (n) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     curves: dict[str, dict[str, np.ndarray]] = {}
     for attack, sides in table.items():
@@ -172,6 +190,7 @@ def main() -> None:
         cols: dict[str, list[float]] = {k: [] for k in ("tdc", "buc", "tdm", "bum", "dm")}
         cols.update({"tda": [], "bua": [], "da": []})
         per_seed: list[str] = []
+        per_seed_joint: list[str] = []
         curves[attack] = {"td": [], "bu": []}
         for td, bu in pairs:
             tdm = median_l2(td.distances, td.clean_correct)
@@ -188,6 +207,12 @@ def main() -> None:
                 td.distances, td.clean_correct, bu.distances, bu.clean_correct
             )
             per_seed.append(f"{tdm - bum:+.2f} [{blo:+.2f}, {bhi:+.2f}]")
+            both = joint_correct(td.clean_correct, bu.clean_correct)
+            jd = median_l2(td.distances, both) - median_l2(bu.distances, both)
+            jlo, jhi = median_diff_ci(
+                td.distances, td.clean_correct, bu.distances, bu.clean_correct, joint=True
+            )
+            per_seed_joint.append(f"{jd:+.2f} [{jlo:+.2f}, {jhi:+.2f}] ({int(both.sum())})")
             cols["tda"].append(tda)
             cols["bua"].append(bua)
             cols["da"].append(tda - bua)
@@ -216,7 +241,11 @@ def main() -> None:
         lines.append(
             f"| {attack} | {len(pairs)} | {ms('tdc')} | {ms('buc')} | {ms('tdm')} | {ms('bum')} "
             f"| {dm} | {ms('tda')} | {ms('bua')} | {da} | {verdict} | {ahead} of {n_seeds} "
-            f"| {fmt(signed)} | {fmt(spread)} | " + " / ".join(per_seed) + " |"
+            f"| {fmt(signed)} | {fmt(spread)} | "
+            + " / ".join(per_seed)
+            + " | "
+            + " / ".join(per_seed_joint)
+            + " |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     md = "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""repro/summarize_paper_b.py: how the seeds agree, beside the t-interval."""
+"""repro/summarize_paper_b.py: how the seeds agree, beside the t-interval; the joint set."""
 
 from __future__ import annotations
 
@@ -6,11 +6,18 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "repro"))
-from summarize_paper_b import mean_ci, seed_agreement  # noqa: E402
+from summarize_paper_b import (  # noqa: E402
+    joint_correct,
+    mean_ci,
+    median_diff_ci,
+    median_l2,
+    seed_agreement,
+)
 
 
 def test_one_outlying_seed_widens_the_t_interval_but_not_the_count():
@@ -35,3 +42,18 @@ def test_missing_medians_are_left_out_and_too_few_seeds_give_no_p():
     ahead, n, signed, spread = seed_agreement([1.0, math.nan, 3.0], [0.5, 1.0, math.inf])
     assert (ahead, n) == (1, 1)
     assert math.isnan(signed) and math.isnan(spread)
+
+
+def test_the_joint_set_removes_a_less_accurate_models_selection():
+    # Same distances on every image; TD misclassifies the 40 with the smallest L2, so its own
+    # median rises although no image is more robust under TD.
+    d = np.arange(1.0, 101.0)  # 1..100
+    bu_ok = np.ones(100, dtype=bool)
+    td_ok = d > 40
+    assert median_l2(d, td_ok) - median_l2(d, bu_ok) == pytest.approx(70.5 - 50.5)
+    both = joint_correct(td_ok, bu_ok)
+    assert both.tolist() == td_ok.tolist()
+    assert median_l2(d, both) - median_l2(d, both) == 0.0
+    lo, hi = median_diff_ci(d, td_ok, d, bu_ok, n_boot=500)
+    assert lo > 0  # own-set medians: TD "ahead" on every resample
+    assert median_diff_ci(d, td_ok, d, bu_ok, n_boot=500, joint=True) == (0.0, 0.0)
