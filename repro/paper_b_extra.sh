@@ -23,7 +23,8 @@
 #   r32noise Gaussian and uniform noise on the resnet32 step's models (trained if missing, same
 #            $R32_EPOCHS and $R32_SEEDS), $R32_NOISE_N (default 1000) images per seed drawn
 #            afresh (--seed 10+S: not the resnet32 step's 200-image draw, which --seed S makes a
-#            prefix of).
+#            prefix of). $R32_ATTACKS (default gaussian,uniform) attacks the same images with
+#            other attacks (the folder is then named after them, e.g. blur+contrast+spatial).
 # Steps raw to six need the 3- and 12-epoch BU/TD runs of repro/paper_b_mnist_train.sh in RUNS;
 # nin trains its own.
 # PRECISION (fp32, bf16) pins the training precision of the cifar and resnet32 steps (default:
@@ -109,12 +110,13 @@ for step in "$@"; do
           -a $nonsparse --seed "$s"
       done ;;
     r32noise)
-      e=${R32_EPOCHS:-10} n=${R32_NOISE_N:-1000}
+      e=${R32_EPOCHS:-10} n=${R32_NOISE_N:-1000} a=${R32_ATTACKS:-gaussian,uniform}
+      tag=$([ "$a" = gaussian,uniform ] && echo noise || echo "${a//,/+}")
       for s in ${R32_SEEDS:-0 1 2}; do
         for m in bu-resnet32 td-resnet32; do train_cifar $m "$e" "$s" --normalize mean; done
-        attack "$runs/cifar/attack-td-resnet32-e$e-n$n-noise-s$s" \
+        attack "$runs/cifar/attack-td-resnet32-e$e-n$n-$tag-s$s" \
           -c "$runs/cifar/td-resnet32-cifar10-e$e-s$s" --vs "$runs/cifar/bu-resnet32-cifar10-e$e-s$s" \
-          -d cifar10 --data-dir "$cifar" -n "$n" -a gaussian,uniform --seed $((10 + s))
+          -d cifar10 --data-dir "$cifar" -n "$n" -a "$a" --seed $((10 + s))
       done ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
