@@ -51,6 +51,12 @@ train_cifar() {  # MODEL EPOCHS SEED [ARGS...]: one CIFAR-10 run of -r topdown u
     -r topdown -e "$e" --seed "$s" -o "$run" --progress plain --force \
     ${PRECISION:+--precision "$PRECISION"} "$@"
 }
+r32_pair() {  # EPOCHS SEED OUT ARGS...: BU and TD ResNet32 of SEED (trained unless done), TD vs BU
+  local e=$1 s=$2 out=$3; shift 3
+  for m in bu-resnet32 td-resnet32; do train_cifar $m "$e" "$s" --normalize mean; done
+  attack "$out" -c "$runs/cifar/td-resnet32-cifar10-e$e-s$s" \
+    --vs "$runs/cifar/bu-resnet32-cifar10-e$e-s$s" -d cifar10 --data-dir "$cifar" "$@"
+}
 for step in "$@"; do
   case $step in
     raw)
@@ -102,21 +108,16 @@ for step in "$@"; do
       done ;;
     resnet32)
       e=${R32_EPOCHS:-10}
+      n=${R32_N:-200}
       for s in ${R32_SEEDS:-0 1 2}; do
-        for m in bu-resnet32 td-resnet32; do train_cifar $m "$e" "$s" --normalize mean; done
-        n=${R32_N:-200}
-        attack "$runs/cifar/attack-td-resnet32-e$e-n$n-s$s" -c "$runs/cifar/td-resnet32-cifar10-e$e-s$s" \
-          --vs "$runs/cifar/bu-resnet32-cifar10-e$e-s$s" -d cifar10 --data-dir "$cifar" -n "$n" \
-          -a $nonsparse --seed "$s"
+        r32_pair "$e" "$s" "$runs/cifar/attack-td-resnet32-e$e-n$n-s$s" -n "$n" -a $nonsparse --seed "$s"
       done ;;
     r32noise)
       e=${R32_EPOCHS:-10} n=${R32_NOISE_N:-1000} a=${R32_ATTACKS:-gaussian,uniform}
       tag=$([ "$a" = gaussian,uniform ] && echo noise || echo "${a//,/+}")
       for s in ${R32_SEEDS:-0 1 2}; do
-        for m in bu-resnet32 td-resnet32; do train_cifar $m "$e" "$s" --normalize mean; done
-        attack "$runs/cifar/attack-td-resnet32-e$e-n$n-$tag-s$s" \
-          -c "$runs/cifar/td-resnet32-cifar10-e$e-s$s" --vs "$runs/cifar/bu-resnet32-cifar10-e$e-s$s" \
-          -d cifar10 --data-dir "$cifar" -n "$n" -a "$a" --seed $((10 + s))
+        r32_pair "$e" "$s" "$runs/cifar/attack-td-resnet32-e$e-n$n-$tag-s$s" -n "$n" -a "$a" \
+          --seed $((10 + s))
       done ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac

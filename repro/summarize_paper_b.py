@@ -32,7 +32,7 @@ from scipy import stats
 
 from robustcli.attacks.metrics import split_distances
 from robustcli.attacks.results import read_attack_result
-from robustcli.attacks.runner import complete_attacks, worst_case
+from robustcli.attacks.runner import AttackOutcome, complete_attacks, worst_case
 from robustcli.plots import save_figure
 
 
@@ -74,6 +74,17 @@ def median_diff_ci(
     if not len(d):
         return math.nan, math.nan
     return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+
+
+def diff_cell(td: AttackOutcome, bu: AttackOutcome, joint: bool = False) -> str:
+    """One seed's TD - BU median L2 with its image interval, e.g. ``+0.54 [-0.05, +1.27]``; with
+    ``joint``, over the images both classify correctly, their number appended."""
+    td_ok, bu_ok = td.clean_correct, bu.clean_correct
+    if joint:
+        td_ok = bu_ok = joint_correct(td_ok, bu_ok)
+    d = median_l2(td.distances, td_ok) - median_l2(bu.distances, bu_ok)
+    lo, hi = median_diff_ci(td.distances, td_ok, bu.distances, bu_ok)
+    return f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" + (f" ({int(td_ok.sum())})" if joint else "")
 
 
 def loss_curve(distances: np.ndarray, correct: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -203,16 +214,8 @@ def main() -> None:
             cols["tdm"].append(tdm)
             cols["bum"].append(bum)
             cols["dm"].append(tdm - bum)
-            blo, bhi = median_diff_ci(
-                td.distances, td.clean_correct, bu.distances, bu.clean_correct
-            )
-            per_seed.append(f"{tdm - bum:+.2f} [{blo:+.2f}, {bhi:+.2f}]")
-            both = joint_correct(td.clean_correct, bu.clean_correct)
-            jd = median_l2(td.distances, both) - median_l2(bu.distances, both)
-            jlo, jhi = median_diff_ci(
-                td.distances, td.clean_correct, bu.distances, bu.clean_correct, joint=True
-            )
-            per_seed_joint.append(f"{jd:+.2f} [{jlo:+.2f}, {jhi:+.2f}] ({int(both.sum())})")
+            per_seed.append(diff_cell(td, bu))
+            per_seed_joint.append(diff_cell(td, bu, joint=True))
             cols["tda"].append(tda)
             cols["bua"].append(bua)
             cols["da"].append(tda - bua)
