@@ -6,6 +6,10 @@ the attack found on the whole model is fed to one input only, the other inputs c
 B's measurement), mean +- std over seeds; (b) the median minimal L2 when the attack may perturb
 only that input (``inf``: never fooled within the pixel range), per seed. Both are read from
 the attack's own ``attack.json`` (the numbers ``robust attack`` printed), nothing recomputed.
+A second table names each cell's (attack and seed) vulnerable input by both measurements:
+(a) the single input with the largest accuracy drop from clean, if that drop is at least
+``--min-drop`` points; (b) the single input with the smallest median L2; and counts the cells
+(the worst case left out) where it is the high-resolution input.
 
     python repro/summarize_paper_b_branch.py runs/repro-b/cifar/branch-td-nin-light-e3-s0 \
         runs/repro-b/cifar/branch-td-nin-light-e3-s1 runs/repro-b/cifar/branch-td-nin-light-e3-s2
@@ -36,7 +40,7 @@ def branch_seed(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, dict
         raise RobustError(
             f"{path} holds no branch test: run `robust attack -c TD --branch all,high,mid,low`"
         )
-    transfer = {r["attack"]: {b: float(r[b]) for b in INPUTS} for r in rows}
+    transfer = {r["attack"]: {b: float(r[b]) for b in ("clean", *INPUTS)} for r in rows}
     metrics = document_metrics(doc).get(rows[0]["model"], {})
     l2 = {
         a: {
@@ -68,9 +72,54 @@ def branch_table(seeds: list[tuple[dict, dict]]) -> list[str]:
     return rows
 
 
+def _unique_best(values: dict[str, float], best: float) -> str:
+    """The one input holding ``best``, or ``tie`` when several do."""
+    holders = [b for b, v in values.items() if v == best]
+    return holders[0] if len(holders) == 1 else "tie"
+
+
+def vulnerable(
+    transfer: dict[str, float], l2: dict[str, float], min_drop: float
+) -> tuple[str, str]:
+    """One cell's vulnerable input by (a) and by (b): ``high``, ``mid``, ``low``, ``tie`` or
+    ``none`` ((a): no input's accuracy drop from clean reaches ``min_drop`` points; (b): no input
+    was ever fooled, every median ``inf``)."""
+    # rounded: the stored accuracies carry float32 noise (60.0000006), which must not break a tie
+    drops = {b: round(transfer["clean"] - transfer[b], 4) for b in INPUTS[1:]}
+    top = max(drops.values())
+    by_a = _unique_best(drops, top) if top >= min_drop else "none"
+    finite = {b: v for b, v in l2.items() if math.isfinite(v)}
+    by_b = _unique_best(finite, min(finite.values())) if finite else "none"
+    return by_a, by_b
+
+
+def vulnerable_table(seeds: list[tuple[dict, dict]], min_drop: float) -> list[str]:
+    """Markdown rows: per attack, each seed's vulnerable input as ``(a) / (b)``; then the counts
+    of cells (attacks other than the worst case, times seeds) where it is the high input."""
+    head = " | ".join(f"seed {i}: (a) / (b)" for i in range(len(seeds)))
+    rows = [f"| attack | {head} |", "|---|" + "---|" * len(seeds)]
+    n = high_a = high_b = 0
+    for attack in seeds[0][0]:
+        cells = [vulnerable(t[attack], l2.get(attack, {}), min_drop) for t, l2 in seeds]
+        rows.append(f"| {attack} | " + " | ".join(f"{a} / {b}" for a, b in cells) + " |")
+        if attack != "worst-case":
+            n += len(cells)
+            high_a += sum(a == "high" for a, _ in cells)
+            high_b += sum(b == "high" for _, b in cells)
+    rows.append("")
+    rows.append(f"high input the vulnerable one: (a) {high_a} of {n} cells, (b) {high_b} of {n}")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dirs", nargs="+", type=Path, help="one branch-test attack folder per seed")
+    ap.add_argument(
+        "--min-drop",
+        type=float,
+        default=5.0,
+        help="(a): the smallest accuracy drop (points) that names a vulnerable input (default 5)",
+    )
     args = ap.parse_args()
     try:
         seeds = [branch_seed(d) for d in args.dirs]
@@ -82,6 +131,11 @@ def main() -> None:
         "is attacked (per seed)\n"
     )
     print("\n".join(branch_table(seeds)))
+    print(
+        f"\nVulnerable input per cell: (a) largest accuracy drop from clean, at least "
+        f"{args.min_drop:g} points ('none' below); (b) smallest median L2\n"
+    )
+    print("\n".join(vulnerable_table(seeds, args.min_drop)))
 
 
 if __name__ == "__main__":

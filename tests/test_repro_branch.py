@@ -13,7 +13,12 @@ from robustcli.attacks.results import KIND, SCHEMA, SCHEMA_VERSION
 from robustcli.errors import RobustError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "repro"))
-from summarize_paper_b_branch import branch_seed, branch_table  # noqa: E402
+from summarize_paper_b_branch import (  # noqa: E402
+    branch_seed,
+    branch_table,
+    vulnerable,
+    vulnerable_table,
+)
 
 
 def _write(tmp_path: Path, name: str, transfer: dict, l2: dict) -> Path:
@@ -46,7 +51,9 @@ def test_one_seed_reads_transfer_and_per_input_l2_with_inf(tmp_path):
         {"gaussian": {"high": 1.66, "mid": 11.72, "low": "inf"}},
     )
     transfer, l2 = branch_seed(d)
-    assert transfer == {"gaussian": {"all": 3.0, "high": 15.0, "mid": 59.5, "low": 60.0}}
+    assert transfer == {
+        "gaussian": {"clean": 60.0, "all": 3.0, "high": 15.0, "mid": 59.5, "low": 60.0}
+    }
     assert l2 == {"gaussian": {"high": 1.66, "mid": 11.72, "low": math.inf}}  # "all" left out
 
 
@@ -70,3 +77,32 @@ def test_a_folder_without_a_branch_test_is_named(tmp_path):
     d = _write(tmp_path, "plain", {}, {})
     with pytest.raises(RobustError, match="no branch test.*--branch"):
         branch_seed(d)
+
+
+def test_a_cells_vulnerable_input_needs_the_minimum_drop_and_a_unique_leader():
+    row = {"clean": 60.0, "all": 2.0, "high": 52.0, "mid": 56.0, "low": 60.0}
+    l2 = {"high": 1.5, "mid": 4.0, "low": math.inf}
+    assert vulnerable(row, l2, 5.0) == ("high", "high")  # drop 8 >= 5
+    assert vulnerable(row, l2, 10.0) == ("none", "high")  # drop 8 < 10
+    tied = {**row, "mid": 52.0000006}  # float32 noise of a stored accuracy still ties
+    assert vulnerable(tied, {"high": 2.0, "mid": 2.0, "low": 3.0}, 5.0) == ("tie", "tie")
+    never = {"high": math.inf, "mid": math.inf, "low": math.inf}
+    assert vulnerable({**row, "mid": 40.0}, never, 5.0) == ("mid", "none")
+
+
+def test_the_vulnerable_table_counts_high_cells_without_the_worst_case(tmp_path):
+    a = {
+        "gaussian": {"all": 2.0, "high": 10.0, "mid": 50.0, "low": 60.0},
+        "blur": {"all": 2.0, "high": 58.0, "mid": 59.0, "low": 60.0},
+        "worst-case": {"all": 0.0, "high": 10.0, "mid": 50.0, "low": 60.0},
+    }
+    la = {
+        "gaussian": {"high": 1.5, "mid": 10.0, "low": "inf"},
+        "blur": {"high": 3.0, "mid": 2.0, "low": "inf"},
+        "worst-case": {"high": 1.5, "mid": 2.0, "low": "inf"},
+    }
+    rows = vulnerable_table([branch_seed(_write(tmp_path, "a", a, la))], 5.0)
+    assert rows[2] == "| gaussian | high / high |"
+    assert rows[3] == "| blur | none / mid |"  # a 2-point drop names no input
+    assert rows[4] == "| worst-case | high / high |"
+    assert rows[-1] == "high input the vulnerable one: (a) 1 of 2 cells, (b) 1 of 2"
