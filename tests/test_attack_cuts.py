@@ -328,6 +328,24 @@ def test_branch_transfer_of_a_cut_attack_is_missing(sample, clock):
     assert row["attacked"] == 0 and row["cut"] == out.n_cut
 
 
+def test_branch_transfer_accuracies_are_exact_fractions(sample):
+    # accuracy = clean x (kept / attacked): counted in integers, not a float32 mean
+    # (6 of 10 as a float32 mean stored 60.0000006 %)
+    x, y = sample
+    td = _train(TinyTD(), steps=10)
+    target = AttackTarget(td, MEAN, STD, name="td")
+    out = run_attack(
+        target, "gaussian", x, y, params={"ratio": 1.5, "refine": 0}, batch_size=8, seed=0
+    )
+    row = branch_transfer(target, out, x)
+    n = row["attacked"]
+    assert n > 0
+    kept = {b: round(row[b] / row["clean"] * n) for b in ("all", "high", "mid", "low")}
+    assert any(0 < k < n for k in kept.values())  # a fraction, not only 0 or all
+    for b, k in kept.items():
+        assert row[b] == row["clean"] * k / n
+
+
 @pytest.fixture
 def checkpoint(linear, tmp_path, monkeypatch):
     from robustcli.checkpoint import save_checkpoint
