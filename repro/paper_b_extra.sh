@@ -26,9 +26,10 @@
 #            prefix of). $R32_ATTACKS (default gaussian,uniform) attacks the same images with
 #            other attacks (the folder is then named after them, e.g. blur+contrast+spatial).
 #   r32branch Fig. 5 on colour CIFAR-10 with the resnet32 step's TD models (same $R32_EPOCHS and
-#            $R32_SEEDS; they must exist): Gaussian, uniform and blur, adversarials fed to one
-#            input and attacks on one input, $R32_BRANCH_N (default 500) images per seed drawn
-#            with --seed 10+S (a prefix of the r32noise step's 1,000-image draw).
+#            $R32_SEEDS; they must exist): Gaussian, uniform and blur, adversarials fed to each
+#            input and attacks on the high or the medium input alone (the low input alone is
+#            left out: never fooled, and hours of blur search), $R32_BRANCH_N (default 500)
+#            images per seed drawn with --seed 10+S (within the r32noise step's 1,000 images).
 # Steps raw to six need the 3- and 12-epoch BU/TD runs of repro/paper_b_mnist_train.sh in RUNS;
 # nin trains its own.
 # PRECISION (fp32, bf16) pins the training precision of the cifar and resnet32 steps (default:
@@ -127,7 +128,7 @@ for step in "$@"; do
       e=${R32_EPOCHS:-10} n=${R32_BRANCH_N:-500}
       for s in ${R32_SEEDS:-0 1 2}; do
         attack "$runs/cifar/branch-td-resnet32-e$e-n$n-s$s" -c "$runs/cifar/td-resnet32-cifar10-e$e-s$s" \
-          --branch all,high,mid,low -d cifar10 --data-dir "$cifar" -n "$n" -a gaussian,uniform,blur \
+          --branch all,high,mid -d cifar10 --data-dir "$cifar" -n "$n" -a gaussian,uniform,blur \
           --seed $((10 + s))
       done ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
