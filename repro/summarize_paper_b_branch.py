@@ -4,8 +4,9 @@ Each BRANCH_DIR is the output of one ``robust attack -c TD --branch all,high,mid
 seed). Prints a Markdown table, one row per attack: (a) test accuracy (%) when the perturbation
 the attack found on the whole model is fed to one input only, the other inputs clean (paper
 B's measurement), mean +- std over seeds; (b) the median minimal L2 when the attack may perturb
-only that input (``inf``: never fooled within the pixel range), per seed. Both are read from
-the attack's own ``attack.json`` (the numbers ``robust attack`` printed), nothing recomputed.
+only that input (``inf``: never fooled within the pixel range; ``-``: not attacked alone), per
+seed. Both are read from the attack's own ``attack.json`` (the numbers ``robust attack``
+printed), nothing recomputed.
 A second table names each cell's (attack and seed) vulnerable input by both measurements:
 (a) the single input with the largest accuracy drop from clean, if that drop is at least
 ``--min-drop`` points; (b) the single input with the smallest median L2; and counts the cells
@@ -53,6 +54,11 @@ def branch_seed(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, dict
     return transfer, l2
 
 
+def _l2_cell(value: float | None) -> str:
+    """A median L2 as printed, ``-`` for an input that was not attacked alone."""
+    return "-" if value is None else f"{value:.2f}"
+
+
 def branch_table(seeds: list[tuple[dict, dict]]) -> list[str]:
     """Markdown rows over seeds (the attacks of the first seed, in its order)."""
     head = (
@@ -65,9 +71,7 @@ def branch_table(seeds: list[tuple[dict, dict]]) -> list[str]:
             mean, std, _, _ = mean_ci([t[attack][b] for t, _ in seeds])
             cells.append(f"{mean:.1f}" + (f" +- {std:.1f}" if math.isfinite(std) else ""))
         for b in INPUTS[1:]:
-            cells.append(
-                " / ".join(f"{l2.get(attack, {}).get(b, math.nan):.2f}" for _, l2 in seeds)
-            )
+            cells.append(" / ".join(_l2_cell(l2.get(attack, {}).get(b)) for _, l2 in seeds))
         rows.append(f"| {attack} | " + " | ".join(cells) + " |")
     return rows
 

@@ -106,3 +106,11 @@ def test_the_vulnerable_table_counts_high_cells_without_the_worst_case(tmp_path)
     assert rows[3] == "| blur | none / mid |"  # a 2-point drop names no input
     assert rows[4] == "| worst-case | high / high |"
     assert rows[-1] == "high input the vulnerable one: (a) 1 of 2 cells, (b) 1 of 2"
+
+
+def test_an_input_not_attacked_alone_is_a_dash_and_left_out_of_b(tmp_path):
+    a = {"gaussian": {"all": 2.0, "high": 10.0, "mid": 50.0, "low": 30.0}}
+    la = {"gaussian": {"high": 9.0, "mid": 4.0}}  # --branch all,high,mid: no low row
+    seed = branch_seed(_write(tmp_path, "a", a, la))
+    assert branch_table([seed])[2].endswith("| 9.00 | 4.00 | - |")
+    assert vulnerable_table([seed], 5.0)[2] == "| gaussian | high / mid |"
