@@ -10,7 +10,9 @@ printed), nothing recomputed.
 A second table names each cell's (attack and seed) vulnerable input by both measurements:
 (a) the single input with the largest accuracy drop from clean, if that drop is at least
 ``--min-drop`` points; (b) the single input with the smallest median L2; and counts the cells
-(the worst case left out) where it is the high-resolution input.
+(the worst case left out) where it is the high-resolution input. ``--png PATH`` draws (a) as
+bars, one panel per attack: clean, all inputs, and each input alone, mean over seeds with each
+seed as a dot.
 
     python repro/summarize_paper_b_branch.py runs/repro-b/cifar/branch-td-nin-light-e3-s0 \
         runs/repro-b/cifar/branch-td-nin-light-e3-s1 runs/repro-b/cifar/branch-td-nin-light-e3-s2
@@ -22,10 +24,13 @@ import argparse
 import math
 from pathlib import Path
 
+import numpy as np
+from matplotlib.figure import Figure
 from summarize_paper_b import mean_ci
 
 from robustcli.attacks.results import read_attack_result
 from robustcli.errors import RobustError
+from robustcli.plots import save_figure
 from robustcli.results import document_metrics
 
 INPUTS = ("all", "high", "mid", "low")
@@ -115,6 +120,32 @@ def vulnerable_table(seeds: list[tuple[dict, dict]], min_drop: float) -> list[st
     return rows
 
 
+BARS = ("clean", *INPUTS)
+BAR_COLORS = ("0.6", "0.15", "tab:green", "tab:olive", "tab:cyan")
+
+
+def branch_figure(seeds: list[tuple[dict, dict]]) -> Figure:
+    """(a) as bars: per attack, test accuracy with the perturbation fed to no input (clean), to
+    all, and to each input alone; bar = mean over seeds, dots = the seeds. Built without pyplot,
+    like ``robustcli.plots``."""
+    attacks = list(seeds[0][0])
+    fig = Figure(figsize=(2.6 * len(attacks), 2.8))
+    axes = fig.subplots(1, len(attacks), squeeze=False, sharey=True)[0]
+    x = np.arange(len(BARS))
+    for ax, attack in zip(axes, attacks, strict=True):
+        values = np.array([[t[attack][b] for b in BARS] for t, _ in seeds])
+        ax.bar(x, values.mean(axis=0), color=BAR_COLORS, width=0.7)
+        for row in values:
+            ax.plot(x, row, "o", color="black", markersize=2.5, linestyle="none")
+        ax.set_xticks(x, ["clean", "all", "high", "medium", "low"], fontsize=7, rotation=30)
+        ax.set_title(attack, fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("test accuracy (%)", fontsize=8)
+    fig.suptitle(f"perturbation fed to one input ({len(seeds)} seeds)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dirs", nargs="+", type=Path, help="one branch-test attack folder per seed")
@@ -124,6 +155,7 @@ def main() -> None:
         default=5.0,
         help="(a): the smallest accuracy drop (points) that names a vulnerable input (default 5)",
     )
+    ap.add_argument("--png", type=Path, help="also draw (a) as bars into this PNG (overwritten)")
     args = ap.parse_args()
     try:
         seeds = [branch_seed(d) for d in args.dirs]
@@ -140,6 +172,8 @@ def main() -> None:
         f"{args.min_drop:g} points ('none' below); (b) smallest median L2\n"
     )
     print("\n".join(vulnerable_table(seeds, args.min_drop)))
+    if args.png:
+        save_figure(branch_figure(seeds), args.png, force=True, dpi=120)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from robustcli.errors import RobustError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "repro"))
 from summarize_paper_b_branch import (  # noqa: E402
+    branch_figure,
     branch_seed,
     branch_table,
     vulnerable,
@@ -114,3 +115,14 @@ def test_an_input_not_attacked_alone_is_a_dash_and_left_out_of_b(tmp_path):
     seed = branch_seed(_write(tmp_path, "a", a, la))
     assert branch_table([seed])[2].endswith("| 9.00 | 4.00 | - |")
     assert vulnerable_table([seed], 5.0)[2] == "| gaussian | high / mid |"
+
+
+def test_the_figure_draws_the_mean_over_seeds_per_input(tmp_path):
+    a = {"gaussian": {"all": 2.0, "high": 10.0, "mid": 50.0, "low": 60.0}}
+    b = {"gaussian": {"all": 4.0, "high": 20.0, "mid": 60.0, "low": 60.0}}
+    l2 = {"gaussian": {"high": 1.0}}
+    fig = branch_figure([branch_seed(_write(tmp_path, n, t, l2)) for n, t in (("a", a), ("b", b))])
+    (ax,) = fig.axes
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == [60.0, 3.0, 15.0, 55.0, 60.0]  # clean, all, high, mid, low
+    assert len(ax.lines) == 2  # one row of dots per seed
