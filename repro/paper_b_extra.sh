@@ -28,8 +28,9 @@
 #   r32branch Fig. 5 on colour CIFAR-10 with the resnet32 step's TD models (same $R32_EPOCHS and
 #            $R32_SEEDS; they must exist): Gaussian, uniform and blur, adversarials fed to each
 #            input and attacks on the high or the medium input alone (the low input alone is
-#            left out: never fooled, and hours of blur search), $R32_BRANCH_N (default 500)
-#            images per seed drawn with --seed 10+S (within the r32noise step's 1,000 images).
+#            left out: blur there searches for hours and never fooled it), $R32_BRANCH_N
+#            (default 500) images per seed drawn with --seed 10+S (within the r32noise step's
+#            1,000 images).
 # Steps raw to six need the 3- and 12-epoch BU/TD runs of repro/paper_b_mnist_train.sh in RUNS;
 # nin trains its own.
 # PRECISION (fp32, bf16) pins the training precision of the cifar and resnet32 steps (default:

@@ -93,7 +93,8 @@ def vulnerable(
     """One cell's vulnerable input by (a) and by (b): ``high``, ``mid``, ``low``, ``tie`` or
     ``none`` ((a): no input's accuracy drop from clean reaches ``min_drop`` points; (b): no input
     was ever fooled, every median ``inf``)."""
-    # rounded: the stored accuracies carry float32 noise (60.0000006), which must not break a tie
+    # rounded: attack.json files written before the fix of d609244 carry float32 noise
+    # (60.0000006), which must not break a tie
     drops = {b: round(transfer["clean"] - transfer[b], 4) for b in INPUTS[1:]}
     top = max(drops.values())
     by_a = _unique_best(drops, top) if top >= min_drop else "none"
