@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -125,15 +126,51 @@ def seed_agreement(td: list[float], bu: list[float]) -> tuple[int, int, float, f
     return ahead, len(t), signed, spread
 
 
+def common_images(spec: str, results: list[tuple[dict, list]]) -> list[list]:
+    """Each part's outcomes restricted to the test images every part attacked, found by the
+    indices its attack.json records (``provenance.data.indices``): runs of one seed with
+    different ``-n`` (a draw of 100 is a subset of the draw of 200 with the same ``--seed``)
+    are then compared on the same images. Parts on identical images come back unchanged; parts
+    of different sizes without recorded indices cannot be matched and stop the script."""
+    outs = [o for _, o in results]
+    if len(results) < 2:
+        return outs
+    idx = [(doc.get("provenance") or {}).get("data", {}).get("indices") for doc, _ in results]
+    sizes = {o[0].n for o in outs if o}
+    if any(i is None for i in idx):
+        if len(sizes) > 1:
+            raise SystemExit(
+                f"{spec}: the parts attacked different numbers of images ({sorted(sizes)}) and "
+                "not all record their image indices: join only runs on the same images"
+            )
+        return outs
+    common = idx[0]
+    for i in idx[1:]:
+        common = np.intersect1d(common, i)
+    if not len(common):
+        raise SystemExit(f"{spec}: the parts share no test image: join runs of the same --seed")
+    if all(len(i) == len(common) for i in idx):
+        return outs
+    sizes_text = ", ".join(str(len(i)) for i in idx)
+    print(
+        f"{spec}: restricted to the {len(common)} images of all parts (of {sizes_text})",
+        file=sys.stderr,
+    )
+    return [[o.select(np.isin(i, common)) for o in part] for i, part in zip(idx, outs, strict=True)]
+
+
 def seed_outcomes(spec: str, only: set[str] | None = None) -> list:
     """The outcomes of one seed: one attack folder, or several joined by commas (the seed's
-    attack set split over parallel processes, same models and images). A split seed's per-part
+    attack set split over parallel processes, same models; parts on different draws of images
+    are restricted to the images they share, ``common_images``). A split seed's per-part
     worst cases are dropped and the worst case over all its attacks recomputed per model, over
     one attack set for all models (``complete_attacks``), as ``robust attack`` does. With
     ``only`` (attack names), the other attacks are dropped first and the worst case is over
     ``only``."""
     parts = [Path(p) for p in spec.split(",")]
-    outcomes = [o for p in parts for o in read_attack_result(p)[1]]
+    outcomes = [
+        o for outs in common_images(spec, [read_attack_result(p) for p in parts]) for o in outs
+    ]
     if len(parts) == 1 and only is None:
         return outcomes
     outcomes = [o for o in outcomes if o.attack != "worst-case" and o.branch == "all"]

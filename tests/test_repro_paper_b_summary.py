@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -10,6 +11,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from robustcli.attacks.results import KIND, SCHEMA, SCHEMA_VERSION, outcome_record
+from robustcli.attacks.runner import AttackOutcome
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "repro"))
 from summarize_paper_b import (  # noqa: E402
     joint_correct,
@@ -17,6 +21,7 @@ from summarize_paper_b import (  # noqa: E402
     median_diff_ci,
     median_l2,
     seed_agreement,
+    seed_outcomes,
 )
 
 
@@ -56,3 +61,72 @@ def test_the_joint_set_removes_a_less_accurate_models_selection():
     lo, hi = median_diff_ci(d, td_ok, d, bu_ok, n_boot=500)
     assert lo > 0  # own-set medians: TD "ahead" on every resample
     assert median_diff_ci(d, td_ok, d, bu_ok, n_boot=500, joint=True) == (0.0, 0.0)
+
+
+def _run(tmp_path: Path, name: str, attack: str, l2: dict[int, float], indices: bool = True):
+    """An attack.json of TD and BU on the test images l2's keys (TD's distances; BU's twice)."""
+    idx = sorted(l2)
+    outcomes = []
+    for model, scale in (("td", 1.0), ("bu", 2.0)):
+        d = np.array([l2[i] * scale for i in idx])
+        labels = np.array(idx) % 10
+        o = AttackOutcome(
+            model=model, label=model, attack=attack, branch="all", topdown=model == "td",
+            labels=labels, clean_pred=labels.copy(), distances=d,
+            status=np.array(["adversarial"] * len(idx)), repeat_distances=d[None, :],
+            best_repeat=np.zeros(len(idx), dtype=int), repeats=1, seconds=1.0,
+            model_images=len(idx),
+        )  # fmt: skip
+        outcomes.append(outcome_record(o))
+    data = {"indices": idx} if indices else {}
+    doc = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "kind": KIND,
+           "provenance": {"data": data}, "outcomes": outcomes}  # fmt: skip
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "attack.json").write_text(json.dumps(doc))
+    return tmp_path / name
+
+
+def test_runs_with_different_n_are_joined_on_the_images_they_share(tmp_path, capsys):
+    # -n 4 and -n 2 of one --seed: the 2 images are among the 4 (a seeded permutation's prefix)
+    big = _run(tmp_path, "sp", "salt-pepper", {1: 5.0, 3: 1.0, 5: 7.0, 7: 2.0})
+    small = _run(tmp_path, "pw", "pointwise", {3: 0.5, 7: 3.0})
+    got = {(o.model, o.attack): o for o in seed_outcomes(f"{big},{small}")}
+    assert got[("td", "salt-pepper")].distances.tolist() == [1.0, 2.0]  # images 3 and 7 only
+    assert got[("bu", "salt-pepper")].labels.tolist() == [3, 7]
+    assert got[("td", "pointwise")].distances.tolist() == [0.5, 3.0]
+    # the worst case is now per image over both attacks on the same images
+    assert got[("td", "worst-case")].distances.tolist() == [0.5, 2.0]
+    assert got[("bu", "worst-case")].distances.tolist() == [1.0, 4.0]
+    assert "restricted to the 2 images of all parts (of 4, 2)" in capsys.readouterr().err
+
+
+def test_runs_with_different_n_and_no_indices_are_refused(tmp_path):
+    big = _run(tmp_path, "a", "blur", {1: 5.0, 3: 1.0, 5: 7.0}, indices=False)
+    small = _run(tmp_path, "b", "contrast", {3: 0.5, 7: 3.0})
+    with pytest.raises(SystemExit, match=r"different numbers of images \(\[2, 3\]\)"):
+        seed_outcomes(f"{big},{small}")
+    other = _run(tmp_path, "c", "spatial", {2: 1.0, 4: 1.0, 6: 1.0})
+    with pytest.raises(SystemExit, match="share no test image"):
+        seed_outcomes(f"{big.parent / 'b'},{other}")
+
+
+def test_select_keeps_every_per_sample_array_aligned():
+    d = np.array([0.0, 1.0, np.inf, 2.0])
+    o = AttackOutcome(
+        model="m", label="m", attack="a", branch="all", topdown=False,
+        labels=np.arange(4), clean_pred=np.array([9, 1, 2, 3]), distances=d,
+        status=np.array(["misclassified", "adversarial", "failed", "adversarial"]),
+        repeat_distances=np.stack([d, d + 1]), best_repeat=np.array([-1, 0, -1, 1]),
+        repeats=2, seconds=1.0, model_images=4,
+    )  # fmt: skip
+    s = o.select(np.array([True, False, True, True]))
+    assert s.n == 3 and s.labels.tolist() == [0, 2, 3]
+    assert s.status.tolist() == ["misclassified", "failed", "adversarial"]
+    assert s.repeat_distances.shape == (2, 3) and s.repeat_distances[1].tolist() == [
+        1.0,
+        np.inf,
+        3.0,
+    ]
+    assert s.best_repeat.tolist() == [-1, -1, 1] and s.n_attacked == 2
+    with pytest.raises(ValueError, match="mask over 4 samples"):
+        o.select(np.array([True, False]))

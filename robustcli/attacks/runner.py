@@ -22,7 +22,7 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -136,6 +136,24 @@ class AttackOutcome:
         """Attacked sample-repeats per second, over the batches that finished."""
         t = self.seconds if self.finished_seconds is None else self.finished_seconds
         return self.attacked_images / t if t > 0 else math.nan
+
+    def select(self, keep: np.ndarray) -> AttackOutcome:
+        """The same outcome restricted to some samples (a boolean mask or indices, in order):
+        e.g. the images two runs with different ``-n`` have in common. Times and model-image
+        counts stay those of the whole run."""
+        keep = np.asarray(keep)
+        if keep.dtype == bool and keep.shape != (self.n,):
+            raise ValueError(f"a mask over {self.n} samples is needed, got shape {keep.shape}")
+        return replace(
+            self,
+            labels=self.labels[keep],
+            clean_pred=self.clean_pred[keep],
+            distances=self.distances[keep],
+            status=self.status[keep],
+            repeat_distances=self.repeat_distances[:, keep],
+            best_repeat=self.best_repeat[keep],
+            adversarials=None if self.adversarials is None else self.adversarials[keep],
+        )
 
 
 def _seed(*parts: Any) -> None:
