@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,13 @@ import pytest
 
 #: torchrun's variables: a child that inherits them would try to join the parent's job.
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _keep_warning_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``robust``'s entry point makes warnings one line (``warnings.formatwarning``); tests that
+    call it in-process get Python's format back afterwards."""
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
 
 
 @pytest.fixture

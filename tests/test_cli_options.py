@@ -441,3 +441,30 @@ def test_usage_errors_point_to_the_help_of_their_command(argv, line, monkeypatch
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1
     assert err[0].endswith(line) and "robust robust" not in err[0]
+
+
+_BF16_PROBE = """
+import sys
+import robustcli.runtime
+robustcli.runtime.cpu_has_native_bf16 = lambda: False  # as on an AVX2 CPU
+from robustcli.cli import main
+sys.argv = {argv!r}
+main()
+"""
+
+
+def test_a_warning_is_one_line_on_stderr(tmp_path, child_env):
+    argv = ["robust", "train", "-m", "bu-lenetfc", "-d", "digits", "-e", "1", "--precision"]
+    argv += ["bf16", "-o", str(tmp_path / "run"), "--progress", "plain"]
+    code = _BF16_PROBE.format(argv=argv)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=child_env, timeout=240
+    )
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "emulated" in line]
+    assert warned == [
+        "warning: --precision bf16 on a CPU without AVX512-BF16 or AMX: bf16 is emulated there, "
+        "many times slower than fp32; --precision auto picks fp32 on this CPU"
+    ]
+    assert "RuntimeWarning" not in done.stderr and "resolve_precision(" not in done.stderr
+    assert (tmp_path / "run" / "model.safetensors").is_file()

@@ -9,6 +9,7 @@ inside the command that needs them, so ``--help``, ``--version`` and usage error
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
@@ -39,9 +40,18 @@ for _name, _command in (
     app.command(_name, help=reflow_help(_command.__doc__))(_command)
 
 
+def warning_line(
+    message: Warning | str, category: type[Warning], *args: object, **kw: object
+) -> str:
+    """A warning as the CLI prints it: one line, ``warning: ...``, without Python's file, line
+    number and source line (``warnings.formatwarning``'s signature)."""
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
 def main() -> None:
     """Entry point of ``robust``: usage errors (bad option values, unknown options) are one line
-    on stderr with exit code 2, like every other error of the tool."""
+    on stderr with exit code 2, like every other error of the tool; warnings are one line too."""
+    warnings.formatwarning = warning_line
     # Typer >= 0.20 vendors click; the base class is found the same way in both layouts.
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
     aborts = tuple(
