@@ -24,6 +24,7 @@ them recomputes each seed's worst case over exactly the other named attacks.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from pathlib import Path
@@ -136,17 +137,15 @@ def common_images(spec: str, results: list[tuple[dict, list]]) -> list[list]:
     if len(results) < 2:
         return outs
     idx = [(doc.get("provenance") or {}).get("data", {}).get("indices") for doc, _ in results]
-    sizes = {o[0].n for o in outs if o}
     if any(i is None for i in idx):
+        sizes = {o[0].n for o in outs if o}
         if len(sizes) > 1:
             raise SystemExit(
                 f"{spec}: the parts attacked different numbers of images ({sorted(sizes)}) and "
                 "not all record their image indices: join only runs on the same images"
             )
         return outs
-    common = idx[0]
-    for i in idx[1:]:
-        common = np.intersect1d(common, i)
+    common = functools.reduce(np.intersect1d, idx)
     if not len(common):
         raise SystemExit(f"{spec}: the parts share no test image: join runs of the same --seed")
     if all(len(i) == len(common) for i in idx):
