@@ -111,6 +111,14 @@ def mean_ci(values: list[float]) -> tuple[float, float, float, float]:
     return m, s, m - h, m + h
 
 
+def format_p(p: float) -> str:
+    """A p value for the table: three decimals, or two significant digits below 0.001 (with 13
+    seeds all but one alike the exact signed-rank p is 0.00049, which three decimals print as 0)."""
+    if not math.isfinite(p):
+        return "n/a"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
 def seed_agreement(td: list[float], bu: list[float]) -> tuple[int, int, float, float]:
     """How the seeds agree, beside the t-interval (which one outlying seed can widen): the
     number of seeds with TD ahead (TD > BU), the seeds compared, the Wilcoxon signed-rank p of
@@ -280,7 +288,7 @@ def main() -> None:
         lines.append(
             f"| {attack} | {len(pairs)} | {ms('tdc')} | {ms('buc')} | {ms('tdm')} | {ms('bum')} "
             f"| {dm} | {ms('tda')} | {ms('bua')} | {da} | {verdict} | {ahead} of {n_seeds} "
-            f"| {fmt(signed)} | {fmt(spread)} | "
+            f"| {format_p(signed)} | {format_p(spread)} | "
             + " / ".join(per_seed)
             + " | "
             + " / ".join(per_seed_joint)

@@ -16,6 +16,7 @@ from robustcli.attacks.runner import AttackOutcome
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "repro"))
 from summarize_paper_b import (  # noqa: E402
+    format_p,
     joint_correct,
     mean_ci,
     median_diff_ci,
@@ -41,6 +42,15 @@ def test_every_seed_ahead_is_the_smallest_exact_signed_rank_p():
     ahead, n, signed, _ = seed_agreement([2.0, 3.0, 4.0, 5.0, 6.0], [1.0, 1.5, 2.0, 2.5, 3.1])
     assert (ahead, n) == (5, 5)
     assert signed == pytest.approx(2 / 2**5)  # two-sided, exact: all signs alike
+
+
+def test_a_small_p_keeps_its_digits_instead_of_printing_zero():
+    twelve_of_thirteen = [-0.1 * (k + 2) for k in range(12)] + [0.05]
+    p = float(stats.wilcoxon(twelve_of_thirteen).pvalue)
+    assert p == pytest.approx(4 / 2**13)  # exact: the one positive difference has rank 1
+    assert format_p(p) == "4.9e-04"
+    assert format_p(0.0391) == "0.039"
+    assert format_p(math.nan) == "n/a"
 
 
 def test_missing_medians_are_left_out_and_too_few_seeds_give_no_p():
