@@ -247,7 +247,12 @@ def test_auto_precision_on_cpu():
     native = cpu_has_native_bf16()
     assert eval_precision("auto", cpu) == (CHECKED if native else "fp32")
     assert eval_precision("auto", cpu, _small_cnn()) == (CHECKED if native else "fp32")
-    assert eval_precision("fp32", cpu) == "fp32" and eval_precision("bf16", cpu) == "bf16"
+    assert eval_precision("fp32", cpu) == "fp32"
+    if native:
+        assert eval_precision("bf16", cpu) == "bf16"
+    else:  # kept as asked, with the one-line warning that bf16 is emulated on this CPU
+        with pytest.warns(RuntimeWarning, match="emulated"):
+            assert eval_precision("bf16", cpu) == "bf16"
     pp = create_model("pp-resnet20")
     kernel = fused.available(torch.zeros(1))
     n_pp = sum(isinstance(m, PushPullConv2d) for m in pp.modules())
