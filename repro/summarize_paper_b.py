@@ -19,6 +19,10 @@ Fig. 6).
 ``--attacks salt-pepper`` keeps only the named attacks: for seeds that ran different attack sets
 (their worst cases are over different sets, so they are not pooled). Naming ``worst-case`` among
 them recomputes each seed's worst case over exactly the other named attacks.
+
+``--against DIR ...`` takes a second group of seeds (say, the same attacks after 12 instead of
+30 epochs) and adds a table of the difference between the groups' mean TD - BU median L2, with a
+95 % Welch interval: the groups are different seeds, so the comparison is unpaired.
 """
 
 from __future__ import annotations
@@ -138,6 +142,33 @@ def seed_agreement(td: list[float], bu: list[float]) -> tuple[int, int, float, f
     return ahead, len(t), signed, spread
 
 
+def welch_ci(a: list[float], b: list[float]) -> tuple[float, float, float, float]:
+    """mean(a) - mean(b) for two groups of different seeds (unpaired), with its 95 % Welch
+    interval (unequal variances) and two-sided p; non-finite values are left out, and a group
+    of fewer than two leaves the interval and p undefined."""
+    x = np.asarray([v for v in a if math.isfinite(v)], dtype=np.float64)
+    y = np.asarray([v for v in b if math.isfinite(v)], dtype=np.float64)
+    if not (len(x) and len(y)):
+        return (math.nan,) * 4
+    d = float(x.mean() - y.mean())
+    if len(x) < 2 or len(y) < 2:
+        return d, math.nan, math.nan, math.nan
+    r = stats.ttest_ind(x, y, equal_var=False)
+    ci = r.confidence_interval(0.95)
+    return d, float(ci.low), float(ci.high), float(r.pvalue)
+
+
+def median_differences(table: dict[str, dict[str, list]]) -> dict[str, list[float]]:
+    """attack -> TD - BU median minimal L2 per seed, from ``collect``'s table."""
+    return {
+        attack: [
+            median_l2(td.distances, td.clean_correct) - median_l2(bu.distances, bu.clean_correct)
+            for td, bu in zip(sides["td"], sides["bu"], strict=False)
+        ]
+        for attack, sides in table.items()
+    }
+
+
 def common_images(spec: str, results: list[tuple[dict, list]]) -> list[list]:
     """Each part's outcomes restricted to the test images every part attacked, found by the
     indices its attack.json records (``provenance.data.indices``): runs of one seed with
@@ -218,6 +249,14 @@ def main() -> None:
         "different attack sets, since a worst case over different sets is not comparable; "
         "naming worst-case recomputes it over the other named attacks",
     )
+    ap.add_argument(
+        "--against",
+        nargs="+",
+        metavar="DIR",
+        help="a second group of seeds (attack folders, e.g. the same attacks after a different "
+        "training length): adds a table of the difference of the mean TD - BU median L2 between "
+        "the two groups, with a 95 %% Welch interval (different seeds, so unpaired)",
+    )
     args = ap.parse_args()
     wanted = args.attacks.split(",") if args.attacks else None
     # a worst case asked for by name is recomputed over the other named attacks only
@@ -296,11 +335,32 @@ def main() -> None:
             + " / ".join(per_seed_joint)
             + " |"
         )
+    if args.against:
+        lines += ["", *group_lines(table, collect(args.against, only))]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     md = "\n".join(lines) + "\n"
     args.out.with_suffix(".md").write_text(md)
     print(md)
     _figure(curves, grid, args.out.with_suffix(".png"))
+
+
+def group_lines(table: dict[str, dict[str, list]], against: dict[str, dict[str, list]]) -> list:
+    """The Markdown rows comparing two groups of seeds, per attack both groups have."""
+    these, other = median_differences(table), median_differences(against)
+    lines = [
+        "| attack | seeds | TD - BU median L2 (mean +- std) | seeds, --against | "
+        "TD - BU median L2, --against | difference of the means [95 % Welch CI] | Welch p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for attack in [a for a in these if a in other]:
+        m, s, _, _ = mean_ci(these[attack])
+        mo, so, _, _ = mean_ci(other[attack])
+        d, lo, hi, p = welch_ci(these[attack], other[attack])
+        lines.append(
+            f"| {attack} | {len(these[attack])} | {fmt(m)} +- {fmt(s)} | {len(other[attack])} | "
+            f"{fmt(mo)} +- {fmt(so)} | {fmt(d)} [{fmt(lo)}, {fmt(hi)}] | {format_p(p)} |"
+        )
+    return lines
 
 
 def _figure(curves: dict[str, dict[str, list]], grid: np.ndarray, path: Path) -> None:

@@ -18,11 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "repro"))
 from summarize_paper_b import (  # noqa: E402
     format_p,
     joint_correct,
+    main,
     mean_ci,
     median_diff_ci,
     median_l2,
     seed_agreement,
     seed_outcomes,
+    welch_ci,
 )
 
 
@@ -140,3 +142,34 @@ def test_select_keeps_every_per_sample_array_aligned():
     assert s.best_repeat.tolist() == [-1, -1, 1] and s.n_attacked == 2
     with pytest.raises(ValueError, match="mask over 4 samples"):
         o.select(np.array([True, False]))
+
+
+def test_the_welch_interval_is_the_closed_form_for_unequal_variances():
+    a, b = [1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 1.0]
+    va, vb = np.var(a, ddof=1) / 4, np.var(b, ddof=1) / 3  # 5/12 / 4, 1/3 / 3
+    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 2)
+    h = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    d, lo, hi, p = welch_ci(a, b)
+    assert d == pytest.approx(2.5 - 1 / 3)
+    assert (lo, hi) == (pytest.approx(d - h), pytest.approx(d + h))
+    assert p == pytest.approx(2 * stats.t.sf(d / math.sqrt(va + vb), df))
+    d, lo, hi, p = welch_ci([1.0, math.nan], [1.0, 2.0])  # one finite seed: no interval
+    assert d == pytest.approx(-0.5) and math.isnan(lo) and math.isnan(hi) and math.isnan(p)
+
+
+def test_against_adds_the_difference_between_two_groups_of_seeds(tmp_path, monkeypatch, capsys):
+    # BU's distances are twice TD's, so TD - BU median L2 = -(TD's median) per seed
+    group = [_run(tmp_path, f"a{k}", "gaussian", {1: m - 1, 2: m, 3: m + 1}) for k, m in
+             enumerate((2.0, 3.0, 4.0))]  # fmt: skip
+    other = [_run(tmp_path, f"b{k}", "gaussian", {1: m - 0.5, 2: m, 3: m + 0.5}) for k, m in
+             enumerate((1.0, 1.5))]  # fmt: skip
+    out = tmp_path / "summary"
+    argv = ["summarize_paper_b.py", *map(str, group), "--against", *map(str, other)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(out)])
+    main()
+    d, lo, hi, p = welch_ci([-2.0, -3.0, -4.0], [-1.0, -1.5])
+    assert d == pytest.approx(-1.75)
+    row = next(r for r in out.with_suffix(".md").read_text().splitlines() if "Welch" not in r
+               and r.startswith("| gaussian | 3 | -3.000 +- 1.000 | 2 |"))  # fmt: skip
+    assert f"| -1.750 [{lo:.3f}, {hi:.3f}] | {p:.3f} |" in row
+    assert "-1.250 +- 0.354" in row
