@@ -22,7 +22,8 @@ them recomputes each seed's worst case over exactly the other named attacks.
 
 ``--against DIR ...`` takes a second group of seeds (say, the same attacks after 12 instead of
 30 epochs) and adds a table of the difference between the groups' mean TD - BU median L2, with a
-95 % Welch interval: the groups are different seeds, so the comparison is unpaired.
+95 % Welch interval (the groups are different seeds, so the comparison is unpaired), and the
+same for each model's own median L2.
 """
 
 from __future__ import annotations
@@ -158,15 +159,16 @@ def welch_ci(a: list[float], b: list[float]) -> tuple[float, float, float, float
     return d, float(ci.low), float(ci.high), float(r.pvalue)
 
 
-def median_differences(table: dict[str, dict[str, list]]) -> dict[str, list[float]]:
-    """attack -> TD - BU median minimal L2 per seed, from ``collect``'s table."""
-    return {
-        attack: [
-            median_l2(td.distances, td.clean_correct) - median_l2(bu.distances, bu.clean_correct)
-            for td, bu in zip(sides["td"], sides["bu"], strict=False)
-        ]
-        for attack, sides in table.items()
-    }
+def seed_medians(table: dict[str, dict[str, list]]) -> dict[str, dict[str, list[float]]]:
+    """attack -> {"TD - BU": [per seed], "TD": [...], "BU": [...]}: median minimal L2 per seed
+    (each model over the images it classifies correctly), from ``collect``'s table."""
+    out = {}
+    for attack, sides in table.items():
+        pairs = list(zip(sides["td"], sides["bu"], strict=False))
+        td = [median_l2(t.distances, t.clean_correct) for t, _ in pairs]
+        bu = [median_l2(b.distances, b.clean_correct) for _, b in pairs]
+        out[attack] = {"TD - BU": [t - b for t, b in zip(td, bu, strict=True)], "TD": td, "BU": bu}
+    return out
 
 
 def common_images(spec: str, results: list[tuple[dict, list]]) -> list[list]:
@@ -255,7 +257,8 @@ def main() -> None:
         metavar="DIR",
         help="a second group of seeds (attack folders, e.g. the same attacks after a different "
         "training length): adds a table of the difference of the mean TD - BU median L2 between "
-        "the two groups, with a 95 %% Welch interval (different seeds, so unpaired)",
+        "the two groups, with a 95 %% Welch interval (different seeds, so unpaired), and the same "
+        "for each model's own median",
     )
     args = ap.parse_args()
     wanted = args.attacks.split(",") if args.attacks else None
@@ -345,21 +348,24 @@ def main() -> None:
 
 
 def group_lines(table: dict[str, dict[str, list]], against: dict[str, dict[str, list]]) -> list:
-    """The Markdown rows comparing two groups of seeds, per attack both groups have."""
-    these, other = median_differences(table), median_differences(against)
+    """The Markdown rows comparing two groups of seeds, per attack both groups have: the TD - BU
+    difference, then each model's own median (which of the two moved)."""
+    these, other = seed_medians(table), seed_medians(against)
     lines = [
-        "| attack | seeds | TD - BU median L2 (mean +- std) | seeds, --against | "
-        "TD - BU median L2, --against | difference of the means [95 % Welch CI] | Welch p |",
-        "|---|---|---|---|---|---|---|",
+        "| attack | median L2 of | seeds | mean +- std | seeds, --against | mean +- std, "
+        "--against | difference of the means [95 % Welch CI] | Welch p |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for attack in [a for a in these if a in other]:
-        m, s, _, _ = mean_ci(these[attack])
-        mo, so, _, _ = mean_ci(other[attack])
-        d, lo, hi, p = welch_ci(these[attack], other[attack])
-        lines.append(
-            f"| {attack} | {len(these[attack])} | {fmt(m)} +- {fmt(s)} | {len(other[attack])} | "
-            f"{fmt(mo)} +- {fmt(so)} | {fmt(d)} [{fmt(lo)}, {fmt(hi)}] | {format_p(p)} |"
-        )
+        for what, values in these[attack].items():
+            m, s, _, _ = mean_ci(values)
+            mo, so, _, _ = mean_ci(other[attack][what])
+            d, lo, hi, p = welch_ci(values, other[attack][what])
+            lines.append(
+                f"| {attack} | {what} | {len(values)} | {fmt(m)} +- {fmt(s)} | "
+                f"{len(other[attack][what])} | {fmt(mo)} +- {fmt(so)} | "
+                f"{fmt(d)} [{fmt(lo)}, {fmt(hi)}] | {format_p(p)} |"
+            )
     return lines
 
 

@@ -169,7 +169,11 @@ def test_against_adds_the_difference_between_two_groups_of_seeds(tmp_path, monke
     main()
     d, lo, hi, p = welch_ci([-2.0, -3.0, -4.0], [-1.0, -1.5])
     assert d == pytest.approx(-1.75)
-    row = next(r for r in out.with_suffix(".md").read_text().splitlines() if "Welch" not in r
-               and r.startswith("| gaussian | 3 | -3.000 +- 1.000 | 2 |"))  # fmt: skip
-    assert f"| -1.750 [{lo:.3f}, {hi:.3f}] | {p:.3f} |" in row
-    assert "-1.250 +- 0.354" in row
+    rows = {r.split(" | ")[1]: r for r in out.with_suffix(".md").read_text().splitlines()
+            if r.startswith("| gaussian | ") and " | 3 | " in r and "Welch" not in r}  # fmt: skip
+    assert rows["TD - BU"].startswith("| gaussian | TD - BU | 3 | -3.000 +- 1.000 | 2 |")
+    assert f"| -1.750 [{lo:.3f}, {hi:.3f}] | {p:.3f} |" in rows["TD - BU"]
+    assert "-1.250 +- 0.354" in rows["TD - BU"]
+    # each model's own median: TD 3 against 1.25 (+1.75), BU twice that (+3.5)
+    assert "| 3.000 +- 1.000 | 2 | 1.250 +- 0.354 | 1.750 [" in rows["TD"]
+    assert "| 6.000 +- 2.000 | 2 | 2.500 +- 0.707 | 3.500 [" in rows["BU"]
