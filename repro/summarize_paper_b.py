@@ -282,26 +282,23 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     curves: dict[str, dict[str, np.ndarray]] = {}
+    medians = seed_medians(table)
     for attack, sides in table.items():
         pairs = list(zip(sides["td"], sides["bu"], strict=False))
         if not pairs:
             continue
-        cols: dict[str, list[float]] = {k: [] for k in ("tdc", "buc", "tdm", "bum", "dm")}
-        cols.update({"tda": [], "bua": [], "da": []})
+        med = medians[attack]
+        cols: dict[str, list[float]] = {"tdm": med["TD"], "bum": med["BU"], "dm": med["TD - BU"]}
+        cols.update({k: [] for k in ("tdc", "buc", "tda", "bua", "da")})
         per_seed: list[str] = []
         per_seed_joint: list[str] = []
         curves[attack] = {"td": [], "bu": []}
         for td, bu in pairs:
-            tdm = median_l2(td.distances, td.clean_correct)
-            bum = median_l2(bu.distances, bu.clean_correct)
             tdl = loss_curve(td.distances, td.clean_correct, grid)
             bul = loss_curve(bu.distances, bu.clean_correct, grid)
             tda, bua = float(np.mean(tdl)), float(np.mean(bul))
             cols["tdc"].append(100 * td.clean_correct.mean())
             cols["buc"].append(100 * bu.clean_correct.mean())
-            cols["tdm"].append(tdm)
-            cols["bum"].append(bum)
-            cols["dm"].append(tdm - bum)
             per_seed.append(diff_cell(td, bu))
             per_seed_joint.append(diff_cell(td, bu, joint=True))
             cols["tda"].append(tda)
@@ -339,7 +336,7 @@ def main() -> None:
             + " |"
         )
     if args.against:
-        lines += ["", *group_lines(table, collect(args.against, only))]
+        lines += ["", *group_lines(medians, seed_medians(collect(args.against, only)))]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     md = "\n".join(lines) + "\n"
     args.out.with_suffix(".md").write_text(md)
@@ -347,10 +344,9 @@ def main() -> None:
     _figure(curves, grid, args.out.with_suffix(".png"))
 
 
-def group_lines(table: dict[str, dict[str, list]], against: dict[str, dict[str, list]]) -> list:
-    """The Markdown rows comparing two groups of seeds, per attack both groups have: the TD - BU
-    difference, then each model's own median (which of the two moved)."""
-    these, other = seed_medians(table), seed_medians(against)
+def group_lines(these: dict[str, dict[str, list]], other: dict[str, dict[str, list]]) -> list:
+    """The Markdown rows comparing two groups of seeds (``seed_medians`` of each), per attack
+    both groups have: the TD - BU difference, then each model's own median (which moved)."""
     lines = [
         "| attack | median L2 of | seeds | mean +- std | seeds, --against | mean +- std, "
         "--against | difference of the means [95 % Welch CI] | Welch p |",
