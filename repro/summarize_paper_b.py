@@ -23,7 +23,13 @@ them recomputes each seed's worst case over exactly the other named attacks.
 ``--against DIR ...`` takes a second group of seeds (say, the same attacks after 12 instead of
 30 epochs) and adds a table of the difference between the groups' mean TD - BU median L2, with a
 95 % Welch interval (the groups are different seeds, so the comparison is unpaired), and the
-same for each model's own median L2.
+same for each model's own median L2. With ``--paired`` the second group is the same seeds, in
+the same order, on the same images (say, each seed trained again at another length), and the
+table gives the per-seed difference instead: its mean with a t interval over seeds, how many
+seeds lie above 0, and the signed-rank p.
+
+``--level 0.975`` sets the confidence of every interval over seeds (default 0.95), for a
+decision rule that splits its alpha, such as a second look at the same question.
 """
 
 from __future__ import annotations
@@ -103,8 +109,8 @@ def loss_curve(distances: np.ndarray, correct: np.ndarray, grid: np.ndarray) -> 
     return clean * (d[None, :] <= grid[:, None]).mean(axis=1)
 
 
-def mean_ci(values: list[float]) -> tuple[float, float, float, float]:
-    """Mean, std (ddof 1), and the 95 % t-interval of the mean."""
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """Mean, std (ddof 1), and the t-interval of the mean at ``level`` (two-sided)."""
     v = np.asarray([x for x in values if math.isfinite(x)], dtype=np.float64)
     if len(v) == 0:
         return (math.nan,) * 4
@@ -112,7 +118,7 @@ def mean_ci(values: list[float]) -> tuple[float, float, float, float]:
     if len(v) < 2:
         return m, math.nan, math.nan, math.nan
     s = float(v.std(ddof=1))
-    h = float(stats.t.ppf(0.975, len(v) - 1) * s / math.sqrt(len(v)))
+    h = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * s / math.sqrt(len(v)))
     return m, s, m - h, m + h
 
 
@@ -143,9 +149,11 @@ def seed_agreement(td: list[float], bu: list[float]) -> tuple[int, int, float, f
     return ahead, len(t), signed, spread
 
 
-def welch_ci(a: list[float], b: list[float]) -> tuple[float, float, float, float]:
-    """mean(a) - mean(b) for two groups of different seeds (unpaired), with its 95 % Welch
-    interval (unequal variances) and two-sided p; non-finite values are left out, and a group
+def welch_ci(
+    a: list[float], b: list[float], level: float = 0.95
+) -> tuple[float, float, float, float]:
+    """mean(a) - mean(b) for two groups of different seeds (unpaired), with its Welch interval
+    at ``level`` (unequal variances) and two-sided p; non-finite values are left out, and a group
     of fewer than two leaves the interval and p undefined."""
     x = np.asarray([v for v in a if math.isfinite(v)], dtype=np.float64)
     y = np.asarray([v for v in b if math.isfinite(v)], dtype=np.float64)
@@ -155,7 +163,7 @@ def welch_ci(a: list[float], b: list[float]) -> tuple[float, float, float, float
     if len(x) < 2 or len(y) < 2:
         return d, math.nan, math.nan, math.nan
     r = stats.ttest_ind(x, y, equal_var=False)
-    ci = r.confidence_interval(0.95)
+    ci = r.confidence_interval(level)
     return d, float(ci.low), float(ci.high), float(r.pvalue)
 
 
@@ -260,7 +268,30 @@ def main() -> None:
         "the two groups, with a 95 %% Welch interval (different seeds, so unpaired), and the same "
         "for each model's own median",
     )
+    ap.add_argument(
+        "--paired",
+        action="store_true",
+        help="--against holds the same seeds, in the same order, on the same images (e.g. each "
+        "seed trained again at another length): report the per-seed difference with a t "
+        "interval and the signed-rank p instead of the Welch comparison",
+    )
+    ap.add_argument(
+        "--level",
+        type=float,
+        default=0.95,
+        help="confidence of every interval over seeds (default 0.95; e.g. 0.975 for a second "
+        "look that splits alpha over two)",
+    )
     args = ap.parse_args()
+    if not 0 < args.level < 1:
+        ap.error(f"--level {args.level} is not a confidence between 0 and 1: e.g. 0.95")
+    if args.paired and not args.against:
+        ap.error("--paired compares with the --against folders: give them")
+    if args.paired and len(args.against) != len(args.dirs):
+        ap.error(
+            f"--paired needs one --against folder per seed folder ({len(args.dirs)}), "
+            f"got {len(args.against)}: list the same seeds in the same order"
+        )
     wanted = args.attacks.split(",") if args.attacks else None
     # a worst case asked for by name is recomputed over the other named attacks only
     only = set(wanted) - {"worst-case"} if wanted and "worst-case" in wanted else None
@@ -273,9 +304,11 @@ def main() -> None:
             ap.error(f"no results for {', '.join(missing)} in these folders: check --attacks")
         table = {a: table[a] for a in wanted}
     grid = np.linspace(0.0, args.max_l2, 201)
+    level = f"{100 * args.level:g} %"
     lines = [
         "| attack | seeds | TD clean % | BU clean % | TD median L2 | BU median L2 | "
-        "TD - BU median L2 [95 % CI] | TD auc % | BU auc % | TD - BU auc [95 % CI] | verdict | "
+        f"TD - BU median L2 [{level} CI] | TD auc % | BU auc % | TD - BU auc [{level} CI] | "
+        "verdict | "
         "seeds with TD ahead (median L2) | signed-rank p | equal seed spread, p | "
         "TD - BU median L2 per seed [95 % bootstrap CI over images] | "
         "the same over the images both classify correctly (n) |",
@@ -312,7 +345,7 @@ def main() -> None:
             return f"{fmt(m)} +- {fmt(s)}"
 
         def diff(key: str, cols: dict[str, list[float]] = cols) -> tuple[str, float, float]:
-            m, _, lo, hi = mean_ci(cols[key])
+            m, _, lo, hi = mean_ci(cols[key], args.level)
             return f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]", lo, hi
 
         dm, lo, hi = diff("dm")
@@ -335,8 +368,16 @@ def main() -> None:
             + " / ".join(per_seed_joint)
             + " |"
         )
-    if args.against:
-        lines += ["", *group_lines(medians, seed_medians(collect(args.against, only)))]
+    if args.paired:
+        for a, b in zip(args.dirs, args.against, strict=True):
+            if not same_images(a, b):
+                raise SystemExit(f"--paired: {a} and {b} attacked different images: pair "
+                                 "folders of the same seed and the same --seed and -n")  # fmt: skip
+        other = seed_medians(collect(args.against, only))
+        lines += ["", *paired_lines(medians, other, args.level)]
+    elif args.against:
+        other = seed_medians(collect(args.against, only))
+        lines += ["", *group_lines(medians, other, args.level)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     md = "\n".join(lines) + "\n"
     args.out.with_suffix(".md").write_text(md)
@@ -344,25 +385,68 @@ def main() -> None:
     _figure(curves, grid, args.out.with_suffix(".png"))
 
 
-def group_lines(these: dict[str, dict[str, list]], other: dict[str, dict[str, list]]) -> list:
+def group_lines(
+    these: dict[str, dict[str, list]], other: dict[str, dict[str, list]], level: float = 0.95
+) -> list:
     """The Markdown rows comparing two groups of seeds (``seed_medians`` of each), per attack
     both groups have: the TD - BU difference, then each model's own median (which moved)."""
     lines = [
         "| attack | median L2 of | seeds | mean +- std | seeds, --against | mean +- std, "
-        "--against | difference of the means [95 % Welch CI] | Welch p |",
+        f"--against | difference of the means [{100 * level:g} % Welch CI] | Welch p |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for attack in [a for a in these if a in other]:
         for what, values in these[attack].items():
             m, s, _, _ = mean_ci(values)
             mo, so, _, _ = mean_ci(other[attack][what])
-            d, lo, hi, p = welch_ci(values, other[attack][what])
+            d, lo, hi, p = welch_ci(values, other[attack][what], level)
             lines.append(
                 f"| {attack} | {what} | {len(values)} | {fmt(m)} +- {fmt(s)} | "
                 f"{len(other[attack][what])} | {fmt(mo)} +- {fmt(so)} | "
                 f"{fmt(d)} [{fmt(lo)}, {fmt(hi)}] | {format_p(p)} |"
             )
     return lines
+
+
+def paired_lines(
+    these: dict[str, dict[str, list]], other: dict[str, dict[str, list]], level: float = 0.95
+) -> list:
+    """The Markdown rows of ``--paired``: the same seeds in both groups (``seed_medians`` of
+    each, in seed order), per attack both have: the per-seed difference this - other of TD - BU
+    and of each model's own median, its mean with a t interval over seeds, the seeds above 0
+    and the signed-rank p (``seed_agreement``)."""
+    lines = [
+        "| attack | median L2 of | seeds | mean +- std | mean +- std, --against | "
+        f"paired difference [{100 * level:g} % t CI] | seeds above 0 | signed-rank p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for attack in [a for a in these if a in other]:
+        for what, values in these[attack].items():
+            base = other[attack][what]
+            m, s, _, _ = mean_ci(values)
+            mo, so, _, _ = mean_ci(base)
+            d, _, lo, hi = mean_ci([a - b for a, b in zip(values, base, strict=True)], level)
+            above, n, p, _ = seed_agreement(values, base)
+            lines.append(
+                f"| {attack} | {what} | {n} | {fmt(m)} +- {fmt(s)} | {fmt(mo)} +- {fmt(so)} | "
+                f"{fmt(d)} [{fmt(lo)}, {fmt(hi)}] | {above} of {n} | {format_p(p)} |"
+            )
+    return lines
+
+
+def same_images(a: str, b: str) -> bool:
+    """Whether two seed folders (each one folder or several joined by commas) attacked the same
+    test images, by the indices their attack.json files record; without recorded indices, by
+    the number of images."""
+
+    def images(spec: str) -> object:
+        docs = [read_attack_result(p) for p in spec.split(",")]
+        idx = [(doc.get("provenance") or {}).get("data", {}).get("indices") for doc, _ in docs]
+        if any(i is None for i in idx):
+            return {o.n for _, outs in docs for o in outs}
+        return sorted(set.intersection(*map(set, idx)))
+
+    return images(a) == images(b)
 
 
 def _figure(curves: dict[str, dict[str, list]], grid: np.ndarray, path: Path) -> None:

@@ -178,3 +178,49 @@ def test_against_adds_the_difference_between_two_groups_of_seeds(tmp_path, monke
     # each model's own median: TD 3 against 1.25 (+1.75), BU twice that (+3.5)
     assert "| 3.000 +- 1.000 | 2 | 1.250 +- 0.354 | 1.750 [" in rows["TD"]
     assert "| 6.000 +- 2.000 | 2 | 2.500 +- 0.707 | 3.500 [" in rows["BU"]
+
+
+def test_a_wider_level_widens_the_t_interval_by_the_quantile_ratio():
+    v = [1.0, 2.0, 4.0, 7.0]
+    m, s, lo, hi = mean_ci(v)
+    m2, s2, lo2, hi2 = mean_ci(v, level=0.975)
+    assert (m2, s2) == (m, s) == (pytest.approx(3.5), pytest.approx(math.sqrt(7)))
+    ratio = stats.t.ppf(0.9875, 3) / stats.t.ppf(0.975, 3)
+    assert hi2 - m == pytest.approx((hi - m) * ratio) and m - lo2 == pytest.approx((m - lo) * ratio)
+
+
+def test_paired_gives_the_per_seed_difference_not_the_welch_one(tmp_path, monkeypatch):
+    # the same three seeds (same images) twice; TD's median per seed 2, 3, 4 against 1.8, 3.1,
+    # 3.5, so TD - BU (= -TD's median, BU being twice TD) differs by -0.2, +0.1, -0.5 per seed
+    at30 = [_run(tmp_path, f"e30s{k}", "gaussian", {1: m - 1, 2: m, 3: m + 1}) for k, m in
+            enumerate((2.0, 3.0, 4.0))]  # fmt: skip
+    at12 = [_run(tmp_path, f"e12s{k}", "gaussian", {1: m - 1, 2: m, 3: m + 1}) for k, m in
+            enumerate((1.8, 3.1, 3.5))]  # fmt: skip
+    out = tmp_path / "summary"
+    argv = ["summarize_paper_b.py", *map(str, at30), "--against", *map(str, at12), "--paired"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(out), "--level", "0.975"])
+    main()
+    lines = out.with_suffix(".md").read_text().splitlines()
+    assert "TD - BU median L2 [97.5 % CI]" in lines[0]
+    assert "| paired difference [97.5 % t CI] | seeds above 0 | signed-rank p |" in lines[-5]
+    rows = {r.split(" | ")[1]: r for r in lines if r.startswith("| gaussian | ")}
+    d = [-0.2, 0.1, -0.5]  # TD - BU at 30 minus at 12, per seed
+    m, _, lo, hi = mean_ci(d, level=0.975)
+    assert m == pytest.approx(-0.2)
+    assert (
+        f"| -0.200 [{lo:.3f}, {hi:.3f}] | 1 of 3 | {stats.wilcoxon(d).pvalue:.3f} |"
+        in rows["TD - BU"]
+    )
+    assert rows["TD"].startswith("| gaussian | TD | 3 | 3.000 +- 1.000 | 2.800 +- 0.889 | 0.200 [")
+    assert "| 2 of 3 |" in rows["TD"]  # TD's own median is higher at 30 on seeds 0 and 2
+
+
+def test_paired_refuses_folders_of_different_images_or_counts(tmp_path, monkeypatch):
+    a = _run(tmp_path, "a", "gaussian", {1: 1.0, 2: 2.0, 3: 3.0})
+    b = _run(tmp_path, "b", "gaussian", {4: 1.0, 5: 2.0, 6: 3.0})
+    monkeypatch.setattr(sys, "argv", ["s", str(a), "--against", str(b), "--paired"])
+    with pytest.raises(SystemExit, match="attacked different images: pair folders of the same"):
+        main()
+    monkeypatch.setattr(sys, "argv", ["s", str(a), str(b), "--against", str(a), "--paired"])
+    with pytest.raises(SystemExit):
+        main()
