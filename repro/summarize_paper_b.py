@@ -179,6 +179,11 @@ def seed_medians(table: dict[str, dict[str, list]]) -> dict[str, dict[str, list[
     return out
 
 
+def recorded_indices(doc: dict) -> list | None:
+    """The test-image indices an attack.json records (``provenance.data.indices``), or None."""
+    return (doc.get("provenance") or {}).get("data", {}).get("indices")
+
+
 def common_images(spec: str, results: list[tuple[dict, list]]) -> list[list]:
     """Each part's outcomes restricted to the test images every part attacked, found by the
     indices its attack.json records (``provenance.data.indices``): runs of one seed with
@@ -188,7 +193,7 @@ def common_images(spec: str, results: list[tuple[dict, list]]) -> list[list]:
     outs = [o for _, o in results]
     if len(results) < 2:
         return outs
-    idx = [(doc.get("provenance") or {}).get("data", {}).get("indices") for doc, _ in results]
+    idx = [recorded_indices(doc) for doc, _ in results]
     if any(i is None for i in idx):
         sizes = {o[0].n for o in outs if o}
         if len(sizes) > 1:
@@ -441,7 +446,7 @@ def same_images(a: str, b: str) -> bool:
 
     def images(spec: str) -> object:
         docs = [read_attack_result(p) for p in spec.split(",")]
-        idx = [(doc.get("provenance") or {}).get("data", {}).get("indices") for doc, _ in docs]
+        idx = [recorded_indices(doc) for doc, _ in docs]
         if any(i is None for i in idx):
             return {o.n for _, outs in docs for o in outs}
         return sorted(set.intersection(*map(set, idx)))
