@@ -379,7 +379,7 @@ def main() -> None:
                 raise SystemExit(f"--paired: {a} and {b} attacked different images: pair "
                                  "folders of the same seed and the same --seed and -n")  # fmt: skip
         other = seed_medians(collect(args.against, only))
-        lines += ["", *paired_lines(medians, other, args.level)]
+        lines += ["", *group_lines(medians, other, args.level, paired=True)]
     elif args.against:
         other = seed_medians(collect(args.against, only))
         lines += ["", *group_lines(medians, other, args.level)]
@@ -391,38 +391,25 @@ def main() -> None:
 
 
 def group_lines(
-    these: dict[str, dict[str, list]], other: dict[str, dict[str, list]], level: float = 0.95
+    these: dict[str, dict[str, list]],
+    other: dict[str, dict[str, list]],
+    level: float = 0.95,
+    paired: bool = False,
 ) -> list:
     """The Markdown rows comparing two groups of seeds (``seed_medians`` of each), per attack
-    both groups have: the TD - BU difference, then each model's own median (which moved)."""
+    both groups have: the TD - BU difference, then each model's own median (which moved).
+    Different seeds (default): the difference of the means with its Welch interval and p.
+    ``paired`` (the same seeds in both, in seed order): the per-seed difference this - other,
+    its mean with a t interval over seeds, the seeds above 0 and the signed-rank p."""
     lines = [
-        "| attack | median L2 of | seeds | mean +- std | seeds, --against | mean +- std, "
-        f"--against | difference of the means [{100 * level:g} % Welch CI] | Welch p |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for attack in [a for a in these if a in other]:
-        for what, values in these[attack].items():
-            m, s, _, _ = mean_ci(values)
-            mo, so, _, _ = mean_ci(other[attack][what])
-            d, lo, hi, p = welch_ci(values, other[attack][what], level)
-            lines.append(
-                f"| {attack} | {what} | {len(values)} | {fmt(m)} +- {fmt(s)} | "
-                f"{len(other[attack][what])} | {fmt(mo)} +- {fmt(so)} | "
-                f"{fmt(d)} [{fmt(lo)}, {fmt(hi)}] | {format_p(p)} |"
-            )
-    return lines
-
-
-def paired_lines(
-    these: dict[str, dict[str, list]], other: dict[str, dict[str, list]], level: float = 0.95
-) -> list:
-    """The Markdown rows of ``--paired``: the same seeds in both groups (``seed_medians`` of
-    each, in seed order), per attack both have: the per-seed difference this - other of TD - BU
-    and of each model's own median, its mean with a t interval over seeds, the seeds above 0
-    and the signed-rank p (``seed_agreement``)."""
-    lines = [
-        "| attack | median L2 of | seeds | mean +- std | mean +- std, --against | "
-        f"paired difference [{100 * level:g} % t CI] | seeds above 0 | signed-rank p |",
+        "| attack | median L2 of | seeds | mean +- std | "
+        + (
+            f"mean +- std, --against | paired difference [{100 * level:g} % t CI] | "
+            "seeds above 0 | signed-rank p |"
+            if paired
+            else "seeds, --against | mean +- std, --against | difference of the means "
+            f"[{100 * level:g} % Welch CI] | Welch p |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for attack in [a for a in these if a in other]:
@@ -430,12 +417,16 @@ def paired_lines(
             base = other[attack][what]
             m, s, _, _ = mean_ci(values)
             mo, so, _, _ = mean_ci(base)
-            d, _, lo, hi = mean_ci([a - b for a, b in zip(values, base, strict=True)], level)
-            above, n, p, _ = seed_agreement(values, base)
-            lines.append(
-                f"| {attack} | {what} | {n} | {fmt(m)} +- {fmt(s)} | {fmt(mo)} +- {fmt(so)} | "
-                f"{fmt(d)} [{fmt(lo)}, {fmt(hi)}] | {above} of {n} | {format_p(p)} |"
-            )
+            if paired:
+                d, _, lo, hi = mean_ci([a - b for a, b in zip(values, base, strict=True)], level)
+                above, n, p, _ = seed_agreement(values, base)
+                cells = [str(n), f"{fmt(m)} +- {fmt(s)}", f"{fmt(mo)} +- {fmt(so)}",
+                         f"{fmt(d)} [{fmt(lo)}, {fmt(hi)}]", f"{above} of {n}"]  # fmt: skip
+            else:
+                d, lo, hi, p = welch_ci(values, base, level)
+                cells = [str(len(values)), f"{fmt(m)} +- {fmt(s)}", str(len(base)),
+                         f"{fmt(mo)} +- {fmt(so)}", f"{fmt(d)} [{fmt(lo)}, {fmt(hi)}]"]  # fmt: skip
+            lines.append(f"| {attack} | {what} | " + " | ".join(cells) + f" | {format_p(p)} |")
     return lines
 
 
