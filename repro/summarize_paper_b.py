@@ -122,6 +122,11 @@ def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, flo
     return m, s, m - h, m + h
 
 
+def level_label(level: float) -> str:
+    """A confidence level as the table headers print it: 0.95 -> "95 %", 0.975 -> "97.5 %"."""
+    return f"{100 * level:g} %"
+
+
 def fmt(v: float) -> str:
     """A table value: three decimals, or n/a where there is none."""
     return f"{v:.3f}" if math.isfinite(v) else "n/a"
@@ -309,7 +314,7 @@ def main() -> None:
             ap.error(f"no results for {', '.join(missing)} in these folders: check --attacks")
         table = {a: table[a] for a in wanted}
     grid = np.linspace(0.0, args.max_l2, 201)
-    level = f"{100 * args.level:g} %"
+    level = level_label(args.level)
     lines = [
         "| attack | seeds | TD clean % | BU clean % | TD median L2 | BU median L2 | "
         f"TD - BU median L2 [{level} CI] | TD auc % | BU auc % | TD - BU auc [{level} CI] | "
@@ -373,16 +378,16 @@ def main() -> None:
             + " / ".join(per_seed_joint)
             + " |"
         )
-    if args.paired:
-        for a, b in zip(args.dirs, args.against, strict=True):
-            if not same_images(a, b):
-                raise SystemExit(f"--paired: {a} and {b} attacked different images: pair "
-                                 "folders of the same seed and the same --seed and -n")  # fmt: skip
+    if args.against:
+        if args.paired:
+            for a, b in zip(args.dirs, args.against, strict=True):
+                if not same_images(a, b):
+                    raise SystemExit(
+                        f"--paired: {a} and {b} attacked different images: pair folders of "
+                        "the same seed and the same --seed and -n"
+                    )
         other = seed_medians(collect(args.against, only))
-        lines += ["", *group_lines(medians, other, args.level, paired=True)]
-    elif args.against:
-        other = seed_medians(collect(args.against, only))
-        lines += ["", *group_lines(medians, other, args.level)]
+        lines += ["", *group_lines(medians, other, args.level, paired=args.paired)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     md = "\n".join(lines) + "\n"
     args.out.with_suffix(".md").write_text(md)
@@ -404,11 +409,11 @@ def group_lines(
     lines = [
         "| attack | median L2 of | seeds | mean +- std | "
         + (
-            f"mean +- std, --against | paired difference [{100 * level:g} % t CI] | "
+            f"mean +- std, --against | paired difference [{level_label(level)} t CI] | "
             "seeds above 0 | signed-rank p |"
             if paired
             else "seeds, --against | mean +- std, --against | difference of the means "
-            f"[{100 * level:g} % Welch CI] | Welch p |"
+            f"[{level_label(level)} Welch CI] | Welch p |"
         ),
         "|---|---|---|---|---|---|---|---|",
     ]

@@ -29,8 +29,7 @@ from robustcli.errors import RobustError
 def parameter_vector(run: str | Path) -> torch.Tensor:
     """Every learned parameter of a checkpoint (a run folder or its file), flattened in the
     model's own order, as one float64 vector."""
-    p = Path(run)
-    model = load_checkpoint(p / "model.safetensors" if p.is_dir() else p, warn=False).model
+    model = load_checkpoint(run, warn=False).model  # a run folder resolves to its model file
     return torch.cat([v.detach().double().flatten() for _, v in model.named_parameters()])
 
 
