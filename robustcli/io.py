@@ -272,6 +272,33 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A text file's content; a name ending in ``.gz`` is gunzipped first (large result JSONs,
+    such as a whole-test-set attack.json, are kept as ``attack.json.gz``). Raises
+    ``OSError`` (a truncated or corrupt gzip stream included) or ``UnicodeDecodeError`` for the
+    caller to word."""
+    p = Path(path)
+    if not p.name.endswith(".gz"):
+        return p.read_text()
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(p, "rt", encoding="utf-8") as fh:
+            return fh.read()
+    except (EOFError, zlib.error) as exc:
+        raise OSError(f"corrupt or truncated gzip file ({exc})") from None
+
+
+def find_in_folder(folder: Path, names: Iterable[str]) -> Path | None:
+    """The first of ``names`` (or its ``.gz``) that is a file in ``folder``, or None."""
+    for name in names:
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
 def strict_json(obj: Any) -> Any:
     """``obj`` as strict JSON data: non-finite floats -> None, numpy scalars -> Python."""
     if isinstance(obj, Mapping):

@@ -26,6 +26,7 @@ import pandas as pd
 
 from robustcli.corruptions import CORRUPTIONS, GROUPS
 from robustcli.errors import DataError
+from robustcli.io import find_in_folder, read_text
 
 SCHEMA = "robustcli-result"
 SCHEMA_VERSION = 1
@@ -151,12 +152,13 @@ def resolve_result_path(path: str | os.PathLike[str]) -> Path:
     """A result file, or the result inside a run / output folder."""
     p = Path(path).expanduser()
     if p.is_dir():
-        for name in FOLDER_FILES:
-            if (p / name).is_file():
-                return p / name
-        raise DataError(
-            f"{p} holds no result ({', '.join(FOLDER_FILES)}): pass the JSON a command wrote"
-        )
+        found = find_in_folder(p, FOLDER_FILES)
+        if found is None:
+            raise DataError(
+                f"{p} holds no result ({', '.join(FOLDER_FILES)}, or gzipped): pass the JSON a "
+                "command wrote"
+            )
+        return found
     return p
 
 
@@ -166,7 +168,7 @@ def load_result(path: str | os.PathLike[str]) -> dict[str, Any]:
     The path it came from is kept under ``doc["_source"]`` (not part of the schema)."""
     p = resolve_result_path(path)
     try:
-        doc = json.loads(p.read_text())
+        doc = json.loads(read_text(p))
     except FileNotFoundError:
         raise DataError(f"result {p} not found: check the path") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:

@@ -7,6 +7,7 @@ minute on 2 CPU cores.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import time
@@ -537,13 +538,20 @@ def test_json_roundtrip_keeps_inf_and_cut(bu, sample, tmp_path):
     )
     path = tmp_path / "attack.json"
     path.write_text(json.dumps(doc, allow_nan=False))
-    back_doc, back = read_attack_result(path)
-    assert back_doc["schema"] == "robustcli-result" and back_doc["kind"] == "attack"
-    assert back_doc["schema_version"] == 1
-    for a, b in zip(outs, back, strict=True):
-        np.testing.assert_array_equal(a.distances, b.distances)
-        np.testing.assert_array_equal(a.repeat_distances, b.repeat_distances)
-        assert list(a.status) == list(b.status)
+    gz_folder = tmp_path / "kept"  # large results are kept gzipped: read the same
+    gz_folder.mkdir()
+    (gz_folder / "attack.json.gz").write_bytes(gzip.compress(path.read_bytes()))
+    for source in (path, gz_folder, gz_folder / "attack.json.gz"):
+        back_doc, back = read_attack_result(source)
+        assert back_doc["schema"] == "robustcli-result" and back_doc["kind"] == "attack"
+        assert back_doc["schema_version"] == 1
+        for a, b in zip(outs, back, strict=True):
+            np.testing.assert_array_equal(a.distances, b.distances)
+            np.testing.assert_array_equal(a.repeat_distances, b.repeat_distances)
+            assert list(a.status) == list(b.status)
+    (gz_folder / "attack.json.gz").write_bytes(gzip.compress(path.read_bytes())[:-40])
+    with pytest.raises(RobustError, match="attack.json.gz is not readable JSON.*re-run"):
+        read_attack_result(gz_folder)
 
 
 # ------------------------------------------------------------------ the CLI

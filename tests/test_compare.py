@@ -117,6 +117,20 @@ def test_every_format(files, fmt):
         assert records[0]["metric"] == "clean_acc" and records[0]["a"] == 91.0
 
 
+def test_compare_reads_a_gzipped_attack_folder(files):
+    """An attack folder kept as attack.json.gz compares as the plain file does."""
+    import gzip
+
+    kept = files / "kept"
+    kept.mkdir()
+    (kept / "attack.json.gz").write_bytes(gzip.compress((files / "b-atk.json").read_bytes()))
+    plain = runner.invoke(app, ["compare", str(files / "a-atk.json"), str(files / "b-atk.json")])
+    gz = runner.invoke(app, ["compare", str(files / "a-atk.json"), str(kept), "-f", "csv"])
+    assert plain.exit_code == 0 and gz.exit_code == 0, gz.output
+    auc = next(r for r in csv.DictReader(io.StringIO(gz.stdout)) if r["metric"] == "attack:ddn:auc")
+    assert float(auc["a"]) == 10.0 and float(auc["b"]) == 20.0 and auc["best"] == "a"
+
+
 def test_gates_pass_exit_0_and_write_summary(files, monkeypatch):
     step = files / "step.md"
     step.write_text("# earlier step\n")

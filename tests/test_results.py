@@ -99,6 +99,36 @@ def test_unreadable_and_missing(tmp_path):
         load_result(tmp_path / "missing.json")
 
 
+def test_gzipped_results_read_like_plain_ones(tmp_path):
+    """A result kept as NAME.json.gz (large attack results are) reads as the plain file does,
+    named directly or found in its folder; a corrupt or truncated gzip is one DataError line."""
+    import gzip
+
+    doc = eval_c_doc("a", 80.0, {"gaussian_noise": 50.0})
+    plain = load_result(write(tmp_path, "eval-c.json", doc))
+    run = tmp_path / "run"
+    run.mkdir()
+    data = json.dumps(doc).encode()
+    (run / "eval-c.json.gz").write_bytes(gzip.compress(data))
+    for source in (run, run / "eval-c.json.gz"):
+        back = load_result(source)
+        assert back["_source"] == str(run / "eval-c.json.gz")
+        assert {k: v for k, v in back.items() if k != "_source"} == {
+            k: v for k, v in plain.items() if k != "_source"
+        }
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name, payload in (("attack.json.gz", data), ("eval-c.json.gz", gzip.compress(data)[:-30])):
+        (bad / name).write_bytes(payload)  # not gzip at all / cut short
+        with pytest.raises(DataError, match="not readable JSON") as info:
+            load_result(bad / name)
+        assert "\n" not in str(info.value)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="or gzipped"):
+        load_result(empty)
+
+
 def test_metrics_frame_rows_columns_and_units():
     train = {"kind": "train", "model": "a", "metrics": {"test_acc": 0.8, "test_loss": 0.5}}
     ev = eval_c_doc("a", 80.0, {"gaussian_noise": 50.0, "contrast": 70.0})

@@ -30,7 +30,14 @@ import pandas as pd
 
 from robustcli.attacks.metrics import summary_frame
 from robustcli.attacks.runner import AttackOutcome
-from robustcli.io import atomic_write, atomic_write_json, check_output, strict_json
+from robustcli.io import (
+    atomic_write,
+    atomic_write_json,
+    check_output,
+    find_in_folder,
+    read_text,
+    strict_json,
+)
 
 SCHEMA = "robustcli-result"
 SCHEMA_VERSION = 1
@@ -207,20 +214,21 @@ def write_attack_outputs(
 
 
 def read_attack_result(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[AttackOutcome]]:
-    """The document of ``attack.json`` (or the folder holding it) and its outcomes."""
+    """The document of ``attack.json`` (or ``attack.json.gz``, or the folder holding either) and
+    its outcomes."""
     import json
 
     from robustcli.errors import RobustError
 
     p = Path(path)
     if p.is_dir():
-        p = p / OUTPUT_NAMES["json"]
+        p = find_in_folder(p, [OUTPUT_NAMES["json"]]) or p / OUTPUT_NAMES["json"]
     try:
-        doc = json.loads(p.read_text())
+        doc = json.loads(read_text(p))
     except FileNotFoundError:
         raise RobustError(f"no attack result at {p}: run `robust attack --out DIR` first") from None
-    except json.JSONDecodeError as exc:
-        raise RobustError(f"{p} is not valid JSON ({exc}): re-run the attack") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RobustError(f"{p} is not readable JSON ({exc}): re-run the attack") from None
     if doc.get("schema") != SCHEMA or doc.get("kind") != KIND:
         raise RobustError(f"{p} is not a robustcli attack result (schema/kind mismatch)")
     if doc.get("schema_version") != SCHEMA_VERSION:
