@@ -56,7 +56,9 @@ def difference(td: AttackOutcome, bu: AttackOutcome) -> float:
     return median_l2(td.distances, td.clean_correct) - median_l2(bu.distances, bu.clean_correct)
 
 
-def pair(outcomes: list[AttackOutcome], attack: str, source: Path) -> tuple[AttackOutcome, ...]:
+def pair(
+    outcomes: list[AttackOutcome], attack: str, source: Path
+) -> tuple[AttackOutcome, AttackOutcome]:
     """The TD and the BU outcome of ``attack`` (whole-network perturbations)."""
     found = {o.topdown: o for o in outcomes if o.attack == attack and o.branch == "all"}
     if set(found) != {True, False}:
@@ -65,6 +67,7 @@ def pair(outcomes: list[AttackOutcome], attack: str, source: Path) -> tuple[Atta
 
 
 def model_hashes(doc: dict) -> list:
+    """The sha256 of each attacked model, as the attack.json records them."""
     return [m.get("sha256") for m in (doc.get("provenance") or {}).get("models", [])]
 
 
