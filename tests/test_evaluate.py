@@ -329,6 +329,21 @@ def _tally() -> Tally:
     )
 
 
+def test_a_gzipped_baseline_reads_like_the_plain_file(tmp_path):
+    import gzip
+
+    from robustcli.evaluate import read_result
+
+    doc = eval_c_document(_tally(), model={"name": "m1"}, provenance={"device": "cpu"})
+    paths = write_eval_c(doc, tmp_path / "r.json")
+    gz = tmp_path / "r.json.gz"
+    gz.write_bytes(gzip.compress(paths["json"].read_bytes()))
+    assert read_result(gz) == read_result(paths["json"])
+    gz.write_bytes(gzip.compress(paths["json"].read_bytes())[:-30])
+    with pytest.raises(DataError, match="r.json.gz is not readable JSON"):
+        read_result(gz)
+
+
 def test_result_json_and_robustbench_csv(tmp_path):
     doc = eval_c_document(_tally(), model={"name": "m1"}, provenance={"device": "cpu"})
     assert (doc["schema"], doc["schema_version"], doc["kind"]) == ("robustcli-result", 1, "eval-c")

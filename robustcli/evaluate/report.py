@@ -21,6 +21,7 @@ from robustcli.io import (
     check_output,
     file_sha256,
     output_lock,
+    read_text,
     strict_json,
 )
 
@@ -33,7 +34,7 @@ def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
     """An eval-c result document (``--baseline``), checked for its schema and kind."""
     p = Path(path).expanduser()
     try:
-        doc = json.loads(p.read_text())
+        doc = json.loads(read_text(p))  # a gzipped result (NAME.json.gz) too
     except FileNotFoundError:
         raise DataError(
             f"baseline result {p} not found: pass a JSON written by `robust eval-c --out`"
