@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from robustcli.errors import OutputExistsError, RobustError
+from robustcli.errors import DataError, OutputExistsError, RobustError
 
 # atomic_write's temporary files: ".<name>." + mkstemp's 8 random characters + ".tmp"
 _TMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
@@ -288,6 +288,23 @@ def read_text(path: str | os.PathLike[str]) -> str:
             return fh.read()
     except (EOFError, zlib.error) as exc:
         raise OSError(f"corrupt or truncated gzip file ({exc})") from None
+
+
+def read_json_object(path: str | os.PathLike[str], *, what: str, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (gunzipped if its name ends in ``.gz``), for every reader of
+    result documents. A missing file, unreadable or invalid JSON, or JSON that is not an object
+    raises one :class:`~robustcli.errors.DataError` line: ``"{what} {path} <problem>: {fix}"``.
+    Schema and kind checks are the caller's."""
+    p = Path(path)
+    try:
+        doc = json.loads(read_text(p))
+    except FileNotFoundError:
+        raise DataError(f"{what} {p} not found: {fix}") from None
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON or UTF-8 (UnicodeDecodeError)
+        raise DataError(f"{what} {p} is not readable JSON ({exc}): {fix}") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{what} {p} is not a JSON object: {fix}")
+    return doc
 
 
 def find_in_folder(folder: Path, names: Iterable[str]) -> Path | None:

@@ -8,13 +8,14 @@ Every command writes one JSON document (``docs/results-schema.md``)::
 ``load_result(path)`` reads any kind, upgrades older versions one step at a time through
 ``MIGRATIONS`` (version 0 = a document without ``schema_version``, such as the JSON of an early
 ``robust eval-c`` or RobustBench's per-model JSON) and refuses newer or unknown versions with one
-line that says what to do. ``metrics_frame(docs)`` flattens train / eval-c / attack documents
-into one table: a row per metric (stable names, see ``METRIC_NAMING``), a column per model.
+line that says what to do; ``read_document(path, kind)`` is the strict reader of one kind
+that eval-c's ``--baseline``, ``read_attack_result`` and explain's ``read_result`` share.
+``metrics_frame(docs)`` flattens train / eval-c / attack documents into one table: a row per
+metric (stable names, see ``METRIC_NAMING``), a column per model.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -26,7 +27,7 @@ import pandas as pd
 
 from robustcli.corruptions import CORRUPTIONS, GROUPS
 from robustcli.errors import DataError
-from robustcli.io import find_in_folder, read_text
+from robustcli.io import find_in_folder, read_json_object
 
 SCHEMA = "robustcli-result"
 SCHEMA_VERSION = 1
@@ -167,14 +168,32 @@ def load_result(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     The path it came from is kept under ``doc["_source"]`` (not part of the schema)."""
     p = resolve_result_path(path)
-    try:
-        doc = json.loads(read_text(p))
-    except FileNotFoundError:
-        raise DataError(f"result {p} not found: check the path") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"result {p} is not readable JSON ({exc}): re-run the command") from None
+    doc = read_json_object(
+        p, what="result", fix="check the path, or re-run the command that wrote it"
+    )
     out = migrate(doc, str(p))
     out["_source"] = str(p)
+    return out
+
+
+def read_document(
+    path: str | os.PathLike[str], kind: str, *, what: str, fix: str
+) -> dict[str, Any]:
+    """One ``kind`` of result document as robust writes it (a file, or its ``.json.gz``),
+    for the readers of one kind (eval-c's ``--baseline``, attack.json, explain.json).
+
+    Unlike :func:`load_result` it needs the ``schema`` field (no version-0 or RobustBench
+    documents) and the kind asked for; every problem is one ``DataError`` line ending in
+    ``fix``."""
+    doc = read_json_object(path, what=what, fix=fix)
+    if doc.get("schema") != SCHEMA:
+        raise DataError(
+            f"{what} {path} is not a robustcli result (schema {doc.get('schema')!r}, "
+            f"not {SCHEMA!r}): {fix}"
+        )
+    out = migrate(doc, f"{what} {path}")
+    if out["kind"] != kind:
+        raise DataError(f"{what} {path} is a {out['kind']!r} result, not {kind!r}: {fix}")
     return out
 
 

@@ -33,9 +33,9 @@ from robustcli.attacks import (
     summary_frame,
     worst_case,
 )
-from robustcli.attacks.results import attack_document
+from robustcli.attacks.results import SCHEMA_VERSION, attack_document
 from robustcli.data import load_dataset
-from robustcli.errors import RobustError
+from robustcli.errors import DataError, RobustError
 from robustcli.io import file_sha256
 from robustcli.layers.topdown import GaussianPyramid
 
@@ -552,6 +552,29 @@ def test_json_roundtrip_keeps_inf_and_cut(bu, sample, tmp_path):
     (gz_folder / "attack.json.gz").write_bytes(gzip.compress(path.read_bytes())[:-40])
     with pytest.raises(RobustError, match="attack.json.gz is not readable JSON.*re-run"):
         read_attack_result(gz_folder)
+
+
+def test_read_attack_result_refuses_what_is_not_an_attack_result_in_one_line(tmp_path):
+    good = attack_document([], epsilons=[1.0], models=[], data={}, config={}, seed=0, device="cpu")
+    path = tmp_path / "attack.json"
+    assert read_attack_result(_write_json(path, good)) == (good, [])
+    cases = [
+        ([good], "is not a JSON object"),  # was an AttributeError
+        ({k: v for k, v in good.items() if k != "outcomes"}, "malformed outcomes"),  # KeyError
+        ({**good, "outcomes": [{"status": [1]}]}, "malformed outcomes"),
+        ({**good, "outcomes": 3}, "malformed outcomes"),
+        ({**good, "kind": "eval-c"}, "is a 'eval-c' result, not 'attack'"),
+        ({**good, "schema_version": SCHEMA_VERSION + 1}, "newer than this robustcli"),
+    ]
+    for doc, expected in cases:
+        with pytest.raises(DataError, match=expected) as info:
+            read_attack_result(_write_json(path, doc))
+        assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def _write_json(path, doc):
+    path.write_text(json.dumps(doc))
+    return path
 
 
 # ------------------------------------------------------------------ the CLI

@@ -344,6 +344,23 @@ def test_a_gzipped_baseline_reads_like_the_plain_file(tmp_path):
         read_result(gz)
 
 
+def test_a_baseline_with_a_bad_version_or_kind_is_one_line(tmp_path):
+    from robustcli.evaluate import read_result
+
+    doc = eval_c_document(_tally(), model={"name": "m1"}, provenance={"device": "cpu"})
+    path = tmp_path / "b.json"
+    for bad, expected in [
+        ({**doc, "schema_version": "one"}, "not an integer"),  # was a ValueError from int()
+        ({**doc, "schema_version": None}, "not an integer"),  # was a TypeError
+        ({**doc, "kind": "attack"}, "is a 'attack' result, not 'eval-c'"),
+        ({"clean_acc": 0.9, "corruptions_acc": 0.8}, "not a robustcli result"),
+    ]:
+        path.write_text(json.dumps(bad))
+        with pytest.raises(DataError, match=expected) as info:
+            read_result(path)
+        assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
 def test_result_json_and_robustbench_csv(tmp_path):
     doc = eval_c_document(_tally(), model={"name": "m1"}, provenance={"device": "cpu"})
     assert (doc["schema"], doc["schema_version"], doc["kind"]) == ("robustcli-result", 1, "eval-c")

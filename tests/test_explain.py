@@ -368,3 +368,19 @@ def test_cli_wants_untrained_spelled_out_for_model_names():
     result = runner.invoke(app, ["explain", "td-lenetfc", "--untrained", "--list-layers"])
     assert result.exit_code == 0, result.output
     assert "RANDOM" in result.output and "stages.1.0" in result.output
+
+
+def test_read_result_of_a_missing_or_foreign_file_is_one_line(tmp_path):
+    from robustcli.explain import read_result
+
+    with pytest.raises(RobustError, match="explain result .*missing.json not found"):
+        read_result(tmp_path / "missing.json")  # was a FileNotFoundError traceback
+    other = tmp_path / "other.json"
+    other.write_text(
+        json.dumps({"schema": "robustcli-result", "schema_version": 1, "kind": "train"})
+    )
+    with pytest.raises(RobustError, match="is a 'train' result, not 'explain'"):
+        read_result(other)
+    other.write_text("[]")
+    with pytest.raises(RobustError, match="not a JSON object"):
+        read_result(other)  # was an AttributeError

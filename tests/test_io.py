@@ -38,3 +38,36 @@ def test_check_output_refuses_existing_without_force(tmp_path):
         check_output(path, force=False)
     assert check_output(path, force=True) == path
     assert path.read_text() == "keep me"
+
+
+def test_read_json_object_words_each_problem_in_one_line_with_the_fix(tmp_path):
+    import gzip
+
+    from robustcli.errors import DataError
+    from robustcli.io import read_json_object
+
+    def error(path) -> str:
+        with pytest.raises(DataError) as info:
+            read_json_object(path, what="thing", fix="do X")
+        message = str(info.value)
+        assert "\n" not in message and message.endswith(": do X")
+        return message
+
+    plain = tmp_path / "a.json"
+    plain.write_text('{"v": 1}')
+    gz = tmp_path / "a.json.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    assert read_json_object(plain, what="thing", fix="do X") == {"v": 1}
+    assert read_json_object(gz, what="thing", fix="do X") == {"v": 1}
+
+    assert error(tmp_path / "missing.json") == f"thing {tmp_path / 'missing.json'} not found: do X"
+    (tmp_path / "bad.json").write_text('{"v": ')
+    assert "thing" in error(tmp_path / "bad.json") and "not readable JSON" in error(
+        tmp_path / "bad.json"
+    )
+    (tmp_path / "latin.json").write_bytes(b'{"v": "\xff"}')
+    assert "not readable JSON" in error(tmp_path / "latin.json")
+    gz.write_bytes(gzip.compress(plain.read_bytes())[:-5])
+    assert "not readable JSON" in error(gz)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    assert error(tmp_path / "list.json").endswith("list.json is not a JSON object: do X")

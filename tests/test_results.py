@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -190,3 +191,27 @@ def test_directions():
     assert metric_direction("attack:ddn:auc") == "lower"
     assert metric_direction("attack:worst-case:success") == "lower"
     assert metric_direction("mce") == "lower"
+
+
+def test_read_document_wants_the_schema_a_known_version_and_the_kind_asked_for(tmp_path):
+    from robustcli.results import read_document
+
+    def read(doc):
+        path = tmp_path / "r.json"
+        path.write_text(json.dumps(doc))
+        return read_document(path, "eval-c", what="baseline result", fix="pass an eval-c JSON")
+
+    good = eval_c_doc("m", 90.0, {"fog": 1.0})
+    assert read(good) == good  # as written: no "_source" added, nothing migrated
+    cases = [
+        ({k: v for k, v in good.items() if k != "schema"}, "not a robustcli result"),
+        ({**good, "schema": "other"}, "schema 'other', not 'robustcli-result'"),
+        ({**good, "schema_version": "one"}, "not an integer"),
+        ({**good, "schema_version": SCHEMA_VERSION + 1}, "newer than this robustcli"),
+        ({**good, "kind": "attack"}, "is a 'attack' result, not 'eval-c': pass an eval-c JSON"),
+        ({**good, "kind": "nonsense"}, "has kind 'nonsense'"),
+    ]
+    for doc, expected in cases:
+        with pytest.raises(DataError, match=re.escape(expected)) as info:
+            read(doc)
+        assert "\n" not in str(info.value) and "baseline result" in str(info.value)

@@ -35,12 +35,10 @@ from robustcli.io import (
     atomic_write_json,
     check_output,
     find_in_folder,
-    read_text,
     strict_json,
 )
+from robustcli.results import SCHEMA, SCHEMA_VERSION, read_document
 
-SCHEMA = "robustcli-result"
-SCHEMA_VERSION = 1
 KIND = "attack"
 
 OUTPUT_NAMES = {
@@ -215,25 +213,16 @@ def write_attack_outputs(
 
 def read_attack_result(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[AttackOutcome]]:
     """The document of ``attack.json`` (or ``attack.json.gz``, or the folder holding either) and
-    its outcomes."""
-    import json
-
-    from robustcli.errors import RobustError
+    its outcomes; a problem with the file is one ``DataError`` line."""
+    from robustcli.errors import DataError
 
     p = Path(path)
     if p.is_dir():
         p = find_in_folder(p, [OUTPUT_NAMES["json"]]) or p / OUTPUT_NAMES["json"]
+    fix = "run (or re-run) `robust attack --out DIR`"
+    doc = read_document(p, KIND, what="attack result", fix=fix)
     try:
-        doc = json.loads(read_text(p))
-    except FileNotFoundError:
-        raise RobustError(f"no attack result at {p}: run `robust attack --out DIR` first") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise RobustError(f"{p} is not readable JSON ({exc}): re-run the attack") from None
-    if doc.get("schema") != SCHEMA or doc.get("kind") != KIND:
-        raise RobustError(f"{p} is not a robustcli attack result (schema/kind mismatch)")
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise RobustError(
-            f"{p} has schema_version {doc.get('schema_version')}, this robustcli reads "
-            f"{SCHEMA_VERSION}: upgrade robustcli or re-run the attack"
-        )
-    return doc, [outcome_from_record(r) for r in doc["outcomes"]]
+        outcomes = [outcome_from_record(r) for r in doc["outcomes"]]
+    except (KeyError, TypeError, ValueError) as exc:  # a field missing or of the wrong type
+        raise DataError(f"attack result {p} has malformed outcomes ({exc!r}): {fix}") from None
+    return doc, outcomes

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,7 +12,6 @@ from typing import Any
 import pandas as pd
 
 from robustcli.corruptions import GROUPS
-from robustcli.errors import DataError
 from robustcli.evaluate.metrics import Tally, corruption_errors, summarize
 from robustcli.io import (
     atomic_write,
@@ -21,38 +19,22 @@ from robustcli.io import (
     check_output,
     file_sha256,
     output_lock,
-    read_text,
     strict_json,
 )
+from robustcli.results import SCHEMA, SCHEMA_VERSION, read_document
 
-SCHEMA = "robustcli-result"
-SCHEMA_VERSION = 1
 KIND = "eval-c"
 
 
 def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """An eval-c result document (``--baseline``), checked for its schema and kind."""
-    p = Path(path).expanduser()
-    try:
-        doc = json.loads(read_text(p))  # a gzipped result (NAME.json.gz) too
-    except FileNotFoundError:
-        raise DataError(
-            f"baseline result {p} not found: pass a JSON written by `robust eval-c --out`"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"baseline result {p} is not readable JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise DataError(
-            f"{p} is not a robustcli result (no schema {SCHEMA!r}): pass an eval-c JSON"
-        )
-    if doc.get("kind") != KIND:
-        raise DataError(f"{p} is a {doc.get('kind')!r} result, not eval-c: pass an eval-c JSON")
-    if int(doc.get("schema_version", 0)) > SCHEMA_VERSION:
-        raise DataError(
-            f"{p} has schema version {doc['schema_version']}, newer than this "
-            f"robustcli ({SCHEMA_VERSION}): upgrade robustcli"
-        )
-    return doc
+    """An eval-c result document (``--baseline``; a gzipped ``NAME.json.gz`` too), checked for
+    its schema, version and kind."""
+    return read_document(
+        Path(path).expanduser(),
+        KIND,
+        what="baseline result",
+        fix="pass a JSON written by `robust eval-c --out`",
+    )
 
 
 def eval_c_document(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import io
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -47,9 +46,8 @@ from robustcli.io import (
     locked_output,
     strict_json,
 )
+from robustcli.results import SCHEMA, SCHEMA_VERSION, read_document
 
-SCHEMA = "robustcli-result"
-SCHEMA_VERSION = 1
 KIND = "explain"
 
 ROLES = ("model", "vs")
@@ -470,8 +468,7 @@ def run_explain(
 
 
 def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load an ``explain.json`` document (checks schema and kind)."""
-    doc = json.loads(Path(path).read_text())
-    if doc.get("schema") != SCHEMA or doc.get("kind") != KIND:
-        raise RobustError(f"{path} is not a robust explain result")
-    return doc
+    """Load an ``explain.json`` document (checks schema, version and kind)."""
+    return read_document(
+        path, KIND, what="explain result", fix="pass the explain.json `robust explain` wrote"
+    )

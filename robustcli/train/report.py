@@ -26,6 +26,7 @@ import torch
 import robustcli
 from robustcli import runtime
 from robustcli.progress import resolve_mode
+from robustcli.results import SCHEMA, SCHEMA_VERSION
 from robustcli.train.recipes import describe_schedule
 
 # ---- progress display --------------------------------------------------------------------------
@@ -337,8 +338,8 @@ def result_document(
     """The run's ``result.json`` (``robustcli-result``, ``kind: train``;
     docs/results-schema.md); ``meta`` is :func:`checkpoint_metadata`'s."""
     return {
-        "schema": "robustcli-result",
-        "schema_version": 1,
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
         "kind": "train",
         "model": config["model"],
         "provenance": {
