@@ -112,6 +112,9 @@ def test_list_models_pattern():
 def test_unknown_model_suggests_closest():
     with pytest.raises(ModelNotFoundError, match="did you mean.*mspp-resnet20"):
         create_model("msp-resnet20")
+    with pytest.raises(ModelNotFoundError) as info:  # no close match: the list, no dangling "("
+        create_model("zzzz")
+    assert str(info.value) == f"unknown model 'zzzz': `robust models` lists all {len(ALL)} models"
 
 
 runner = CliRunner()

@@ -233,7 +233,7 @@ def get_model_spec(name: str) -> ModelSpec:
         hint = closest_models(name)
         did = f"did you mean {', '.join(hint)}? " if hint else ""
         raise ModelNotFoundError(
-            f"unknown model {name!r}: {did}(`robust models` lists all {len(models)} models)"
+            f"unknown model {name!r}: {did}`robust models` lists all {len(models)} models"
         )
     return models[name]
 
