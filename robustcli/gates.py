@@ -176,10 +176,45 @@ def make_rule(pattern: str, kind: str, value: Any) -> Rule:
     if kind == "max_drop" and number < 0:
         raise RobustError(f"gate {pattern} max_drop must be >= 0, got {number:g}")
     name = _canonical(pattern)
-    problem = unknown_metric(name)
+    problem = unknown_metric(name) or _percent_range_problem(name, kind, number)
     if problem:
         raise RobustError(problem)
     return Rule(name, kind, number)
+
+
+#: Metrics that are not percentages in 0..100 (``METRIC_NAMING``): L2 sizes, losses, CE ratios.
+_NOT_PERCENT = (":median_l2", "test_loss", "mce")
+
+
+def _percent_only(pattern: str) -> bool:
+    """Whether every metric ``pattern`` can match is a percentage (0..100)."""
+    parts = pattern.split(":", 2)
+    if parts[0] == "attack" and len(parts) == 3:
+        if parts[2].startswith("robust_acc@"):
+            return True
+        names = [f"attack:a:{m.replace('<eps>', '0.5')}" for m in ATTACK_METRICS]
+        matched = [n for n in names if _matches(n.rsplit(":", 1)[1], parts[2])]
+    else:
+        matched = [n for n in _example_metrics() if _matches(n, pattern)]
+        matched += [pattern] if pattern.startswith("severity:") else []
+    return bool(matched) and not any(n.endswith(_NOT_PERCENT) for n in matched)
+
+
+def _percent_range_problem(pattern: str, kind: str, value: float) -> str | None:
+    """Why a threshold on percentages can never fail (or never pass), or None: a typo of
+    scale, such as RobustBench's fractions (``min clean_acc 0.9`` for 90 %), must not pass CI."""
+    if not _percent_only(pattern):
+        return None
+    if kind in ("min", "max") and not 0 <= value <= 100:
+        return f"gate {pattern} {kind} {value:g}: {pattern} is a percentage, 0 to 100"
+    if kind == "max_drop" and value >= 100:
+        return f"gate {pattern} max_drop {value:g} can never fail on a percentage: give points"
+    if kind == "min" and 0 < value < 1 and metric_direction(pattern) == "higher":
+        return (
+            f"gate {pattern} min {value:g} looks like a fraction: robust writes accuracies in "
+            f"percent, so write {100 * value:g} for {100 * value:g} %"
+        )
+    return None
 
 
 def parse_rule(text: str, kind: str) -> Rule:

@@ -492,6 +492,32 @@ def test_rule_metric_names_are_checked_and_literal_brackets_match(files):
     assert report.checked == 1 and not report.passed  # auc 10 > 5, found despite the brackets
 
 
+def test_thresholds_a_percentage_can_never_meet_or_never_miss_are_input_errors(files):
+    # RobustBench's fractions: a floor of 0.9 on a percentage would pass CI forever
+    for text, kind, message in [
+        ("clean_acc=0.9", "min", "looks like a fraction.*write 90 for 90 %"),
+        ("corruption:*=0.5", "min", "looks like a fraction"),
+        ("attack:*:robust_acc@0.5=150", "min", "is a percentage, 0 to 100"),
+        ("mean_corruption_acc=-1", "max", "is a percentage, 0 to 100"),
+        ("corruption:*=100", "max_drop", "can never fail"),
+    ]:
+        with pytest.raises(RobustError, match=message):
+            parse_rule(text, kind)
+    # still rules: points, small ceilings on lower-is-better rates, non-percent metrics
+    for text, kind in [
+        ("clean_acc=0.5", "max_drop"),
+        ("attack:*:success=0.5", "max"),
+        ("attack:*:median_l2=0.5", "min"),
+        ("mce=150", "max"),
+        ("clean_acc=0", "min"),
+        ("clean_acc=1", "min"),
+    ]:
+        parse_rule(text, kind)
+    res = runner.invoke(app, ["compare", str(files / "a.json"), "--min", "clean_acc=0.9"])
+    assert res.exit_code == 2 and "looks like a fraction" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
 def test_unknown_format_is_a_robust_error_everywhere():
     import pandas as pd
 

@@ -448,7 +448,7 @@ def test_report_formats_and_gates(tiny_done, tmp_path):
     assert "a test paper, Table 9" in md.stdout
     csv = runner.invoke(app, ["study", str(spec), "--out", str(out), "--report", "-f", "csv"])
     assert csv.stdout.splitlines()[0].startswith("model,seeds,train:test_acc,train:test_acc sd")
-    fail = write_study(tmp_path, {"gates": {"clean_acc": {"min": 101}}}, "g1.yaml")
+    fail = write_study(tmp_path, {"gates": {"clean_acc": {"max": 0}}}, "g1.yaml")
     ok = write_study(tmp_path, {"gates": {"clean_acc": {"min": 0}}}, "g2.yaml")
     res = runner.invoke(
         app, ["study", str(spec), "--out", str(out), "--report", "--gates", str(fail)]
