@@ -17,8 +17,9 @@ file::
       clean_acc: {min: 80}
 
 A rule naming a metric robust never writes (``clean_accc``), an empty or rule-less gates file
-and a rule that matches no metric of the compared results are input errors (a typo must not
-pass CI silently); a metric that the baseline has and a checked model lacks is a violation.
+a rule that matches no metric of the compared results and a threshold a percentage can never
+meet or never miss (``min clean_acc 0.9``: a fraction) are input errors (a typo must not pass CI
+silently); a metric that the baseline has and a checked model lacks is a violation.
 """
 
 from __future__ import annotations
