@@ -635,6 +635,7 @@ def test_cli_runs_end_to_end_and_writes_the_figure(checkpoints, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "worst-case" in result.output and "tiny-td" in result.output
+    assert "not trained for" not in result.output  # digits models on digits images
 
     png, svg = out / "attack_curves.png", out / "attack_curves.svg"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -664,3 +665,21 @@ def test_cli_refuses_an_untrained_model_unless_asked(tmp_path):
     result = CliRunner().invoke(app, ["attack", "-m", "bu-lenetfc", "-o", str(tmp_path / "x")])
     assert result.exit_code == 2 and "untrained" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_warns_when_the_images_are_not_the_models_dataset(tmp_path):
+    from typer.testing import CliRunner
+
+    from robustcli.cli import app
+
+    out = tmp_path / "x"
+    args = ["attack", "-m", "bu-lenetfc", "--untrained", "-d", "digits", "-n", "3"]
+    args += ["-a", "contrast", "-p", "contrast.binary_search_steps=2", "--repeats", "1"]
+    result = CliRunner().invoke(app, [*args, "-o", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    expected = (
+        "bu-lenetfc (untrained) is a mnist model but these are digits images, fed as bilinear "
+        "resize 8x8 -> 28x28: its accuracy and distances are on data it was not trained for; "
+        "-d mnist attacks it on its own"
+    )
+    assert expected in " ".join(result.stderr.split())

@@ -625,6 +625,29 @@ def test_cli_eval_c_errors(workspace, tmp_path, monkeypatch, args, message):
     assert len(text.strip().splitlines()) == 1
 
 
+def test_a_model_of_another_dataset_is_named_before_its_clean_set_is_looked_for(
+    workspace, tmp_path, monkeypatch
+):
+    """An MNIST model on CIFAR-10-C: the mismatch is the error, not a failed MNIST download."""
+    monkeypatch.setenv("ROBUSTCLI_CACHE", str(tmp_path / "cache"))
+    save_checkpoint(
+        tmp_path / "lenet" / "model.safetensors",
+        create_model("bu-lenetfc"),
+        model_name="bu-lenetfc",
+        config=resolve_config("bu-lenetfc"),
+        dataset="mnist",
+        normalization={"mean": [0.5], "std": [0.5]},
+    )
+    (tmp_path / "empty").mkdir()  # no MNIST here, and the clean set is not needed to tell
+    code, text = _run(
+        [str(tmp_path / "lenet"), "--cifar-c-dir", str(workspace / "c10c"), "-c", "contrast"]
+        + ["--data-dir", str(tmp_path / "empty")]
+    )
+    assert code == 2 and "Traceback" not in text
+    assert "bu-lenetfc takes 1x28x28 dataset images (mnist)" in text
+    assert "corrupted images are 3x32x32" in text and len(text.strip().splitlines()) == 1
+
+
 # --------------------------------------------------------------------------------------------
 # Sharded over two processes
 # --------------------------------------------------------------------------------------------

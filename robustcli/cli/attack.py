@@ -246,6 +246,16 @@ def attack_command(
     )
     if data.provenance.get("note"):
         err_console.print(styled("note:", "yellow", data.provenance["note"]))
+    fed = data.provenance["input"]["description"]
+    fed = "" if fed == "none" else f", fed as {fed}"
+    for m in models:
+        if m.dataset and m.dataset != data.provenance["dataset"]:
+            warning = (
+                f"{m.label} is a {m.dataset} model but these are {data.provenance['dataset']} "
+                f"images{fed}: its accuracy and distances are on data it was not trained for; "
+                f"-d {m.dataset} attacks it on its own"
+            )
+            err_console.print(styled("warning:", "bold yellow", warning))
     err_console.print(
         f"attacking {', '.join(m.label for m in models)} on {data.provenance['n_examples']} "
         f"images ({data.provenance['source']}) with {', '.join(names)}; device {dev}",

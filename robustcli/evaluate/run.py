@@ -167,6 +167,8 @@ def _inputs(
 ) -> _Inputs:
     """The corrupted source (official files or generated) and the clean test images."""
     official = OfficialSource(cifar_c_dir, corruptions) if cifar_c_dir is not None else None
+    if official is not None:  # a mismatched model fails here, not on loading its clean set
+        _check_compatible(ck, official)
     # -n above the images there are evaluates them all; the document records both numbers
     n = n_examples
     if official is not None and n is not None:
