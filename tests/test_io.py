@@ -62,9 +62,7 @@ def test_read_json_object_words_each_problem_in_one_line_with_the_fix(tmp_path):
 
     assert error(tmp_path / "missing.json") == f"thing {tmp_path / 'missing.json'} not found: do X"
     (tmp_path / "bad.json").write_text('{"v": ')
-    assert "thing" in error(tmp_path / "bad.json") and "not readable JSON" in error(
-        tmp_path / "bad.json"
-    )
+    assert error(tmp_path / "bad.json").startswith(f"thing {tmp_path / 'bad.json'} is not readable")
     (tmp_path / "latin.json").write_bytes(b'{"v": "\xff"}')
     assert "not readable JSON" in error(tmp_path / "latin.json")
     gz.write_bytes(gzip.compress(plain.read_bytes())[:-5])
