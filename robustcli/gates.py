@@ -184,21 +184,21 @@ def make_rule(pattern: str, kind: str, value: Any) -> Rule:
 
 
 #: Metrics that are not percentages in 0..100 (``METRIC_NAMING``): L2 sizes, losses, CE ratios.
-_NOT_PERCENT = (":median_l2", "test_loss", "mce")
+_NOT_PERCENT = ("median_l2", "test_loss", "mce")
 
 
 def _percent_only(pattern: str) -> bool:
-    """Whether every metric ``pattern`` can match is a percentage (0..100)."""
+    """Whether every metric ``pattern`` (a known one: ``unknown_metric`` passed it) can match is
+    a percentage (0..100)."""
     parts = pattern.split(":", 2)
     if parts[0] == "attack" and len(parts) == 3:
-        if parts[2].startswith("robust_acc@"):
-            return True
-        names = [f"attack:a:{m.replace('<eps>', '0.5')}" for m in ATTACK_METRICS]
-        matched = [n for n in names if _matches(n.rsplit(":", 1)[1], parts[2])]
+        pattern = parts[2]
+        names = [m.replace("<eps>", "0.5") for m in ATTACK_METRICS]
     else:
-        matched = [n for n in _example_metrics() if _matches(n, pattern)]
-        matched += [pattern] if pattern.startswith("severity:") else []
-    return bool(matched) and not any(n.endswith(_NOT_PERCENT) for n in matched)
+        names = _example_metrics()
+    # no example matched: robust_acc@<another eps> or severity:<another s>, both percentages
+    matched = [n for n in names if _matches(n, pattern)] or [pattern]
+    return not any(n.endswith(_NOT_PERCENT) for n in matched)
 
 
 def _percent_range_problem(pattern: str, kind: str, value: float) -> str | None:

@@ -30,6 +30,7 @@ import pandas as pd
 
 from robustcli.attacks.metrics import summary_frame
 from robustcli.attacks.runner import AttackOutcome
+from robustcli.errors import DataError
 from robustcli.io import (
     atomic_write,
     atomic_write_json,
@@ -214,8 +215,6 @@ def write_attack_outputs(
 def read_attack_result(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[AttackOutcome]]:
     """The document of ``attack.json`` (or ``attack.json.gz``, or the folder holding either) and
     its outcomes; a problem with the file is one ``DataError`` line."""
-    from robustcli.errors import DataError
-
     p = Path(path)
     if p.is_dir():
         p = find_in_folder(p, [OUTPUT_NAMES["json"]]) or p / OUTPUT_NAMES["json"]

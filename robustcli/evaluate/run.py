@@ -105,7 +105,6 @@ def run_eval_c(
             data_label=data_label,
             device=dev,
         )
-        _check_compatible(ck, data.source, shape_checked=data.shape_checked)
         tally = evaluate_corruptions(
             ck.model,
             data.source,
@@ -149,7 +148,6 @@ class _Inputs:
     clean_data: Images | None
     clean_info: dict[str, Any] | None
     adapter: Any
-    shape_checked: bool  # False: the images were adapted first, their shape is the model's
 
 
 def _inputs(
@@ -165,7 +163,8 @@ def _inputs(
     data_label: str | None,
     device: torch.device,
 ) -> _Inputs:
-    """The corrupted source (official files or generated) and the clean test images."""
+    """The corrupted source (official files or generated) and the clean test images, the source
+    checked against the model's input and classes."""
     official = OfficialSource(cifar_c_dir, corruptions) if cifar_c_dir is not None else None
     if official is not None:  # a mismatched model fails here, not on loading its clean set
         _check_compatible(ck, official)
@@ -181,7 +180,7 @@ def _inputs(
             n = min(n, int(clean_data[0].shape[0]))
     adapter: Any = None if ck.input.identity else ck.input
     if official is not None:
-        return _Inputs(official, n, clean_data, clean_info, adapter, True)
+        return _Inputs(official, n, clean_data, clean_info, adapter)
     assert clean_data is not None
     pre_adapted = False
     if _adapt_before_corrupting(clean_data, adapter):
@@ -191,7 +190,8 @@ def _inputs(
     source = GeneratedSource(
         clean_data[0], clean_data[1], seed=seed, device=device, clean_info=clean_info
     )
-    return _Inputs(source, n, clean_data, clean_info, adapter, not pre_adapted)
+    _check_compatible(ck, source, shape_checked=not pre_adapted)  # pre-adapted: the model's shape
+    return _Inputs(source, n, clean_data, clean_info, adapter)
 
 
 def _check_arguments(
